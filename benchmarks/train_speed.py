@@ -1,0 +1,98 @@
+"""Training throughput of a preset beside this machine's fp32 matmul peak, in one process.
+
+Prints tokens/s, steps/s and achieved GFLOP/s of tinylens's training step (the Trainer's own
+`train_step`: fresh batch, bridge forward with hooks, answer-only loss, backward, clip, AdamW), then
+two anchors measured here and now: the same model's bare PyTorch module trained with a minimal loop
+(the cost of tinylens's bookkeeping and the bridge), and the best square fp32 matmul (the ceiling).
+
+    python benchmarks/train_speed.py [--preset cpu] [--steps 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from tinylens.config import make_run_config
+from tinylens.evaluation import answer_loss
+from tinylens.model import ModelConfig
+from tinylens.store import Workspace
+from tinylens.train import Trainer
+
+
+def matmul_peak_gflops(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n×n @ n×n matmul over a few sizes."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def train_flops_per_token(cfg: ModelConfig) -> float:
+    """≈ 3 × forward matmul FLOPs per token (backward costs twice the forward)."""
+    d, h = cfg.d_model, cfg.n_heads * cfg.d_head
+    assert cfg.n_ctx is not None and cfg.d_vocab is not None
+    per_layer = 2 * (4 * d * h + 2 * d * cfg.d_mlp) + 2 * 2 * cfg.n_ctx * h  # weights + QK, AV
+    return 3 * (cfg.n_layers * per_layer + 2 * d * cfg.d_vocab)
+
+
+def time_steps(step: Callable[[], None], steps: int) -> float:
+    for _ in range(5):  # warm-up
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+
+    cfg = make_run_config("addition", args.preset)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Workspace(tmp).create_run("bench", cfg.to_dict(), kind="train")
+        trainer = Trainer(run, cfg, progress=False)
+        ours = time_steps(trainer.train_step, args.steps)
+
+        # Anchor: the bare native module under a minimal loop, same batch size and loss.
+        bare = trainer.model.original_model
+        opt = torch.optim.AdamW(bare.parameters(), lr=1e-4)
+        task, rng = trainer.task, torch.Generator().manual_seed(0)
+        batch = task.sample(cfg.train.batch_size, rng, train=True)
+
+        def bare_step() -> None:
+            logits = bare(batch)
+            loss = answer_loss(logits, batch, task).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        anchor = time_steps(bare_step, args.steps)
+    peak = matmul_peak_gflops()
+
+    tokens = cfg.train.batch_size * task.seq_len
+    flops = train_flops_per_token(cfg.model) * tokens
+    print(f"preset {args.preset}: {cfg.model}")
+    print(f"batch {cfg.train.batch_size} × {task.seq_len} tokens, {torch.get_num_threads()} threads")
+    print(f"{'':28}{'steps/s':>10}{'tokens/s':>12}{'GFLOP/s':>10}")
+    for label, t in (("tinylens Trainer.train_step", ours), ("bare module, minimal loop", anchor)):
+        print(f"{label:28}{1 / t:10.1f}{tokens / t:12,.0f}{flops / t / 1e9:10.1f}")
+    print(f"{'fp32 matmul peak':28}{'':22}{peak:10.1f}")
+    print(f"ratio ours / bare loop:      {anchor / ours:.2f}")
+    print(f"ratio ours / matmul peak:    {flops / ours / 1e9 / peak:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m tinylens`` runs the CLI."""
+
+from tinylens.cli import main
+
+main()

@@ -1,0 +1,41 @@
+"""The one exception family a user of tinylens can cause.
+
+Every error that bad input can trigger (a wrong config, malformed tokens, an unknown name, a missing or
+corrupt file) is a :class:`TinylensError`. Its message says what was wrong, the value received and what
+to do instead; the CLI prints it on one line and exits with code 2. Anything else escaping tinylens is a
+bug in tinylens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TinylensError(ValueError):
+    """Base class: bad input from the user, reported with a message that says how to fix it."""
+
+
+class ConfigError(TinylensError):
+    """A configuration value or file is invalid."""
+
+
+class UnknownNameError(TinylensError):
+    """A name (task, preset, hook, run, field) is not one of the known choices."""
+
+
+class TokenError(TinylensError):
+    """A text or token sequence does not follow the task's format."""
+
+
+class RunNotFoundError(UnknownNameError):
+    """No run of that name exists in the workspace."""
+
+
+class CheckpointError(TinylensError):
+    """A checkpoint or model file is missing, truncated, corrupt or of the wrong kind."""
+
+
+def unknown_name(what: str, name: object, choices: Iterable[object]) -> UnknownNameError:
+    """Build the standard "unknown X 'y'; valid choices: a, b, c" error."""
+    listed = ", ".join(str(c) for c in choices) or "(none)"
+    return UnknownNameError(f"unknown {what} {name!r}; valid choices: {listed}")

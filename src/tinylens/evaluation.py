@@ -1,0 +1,145 @@
+"""Scoring a model on a task: per-token answer loss, exact match, per-position and per-group metrics.
+
+Scoring is teacher-forced: the logits at ``p - 1`` predict the answer token at ``p``. A question counts
+as exactly right when every answer token is the argmax; that is the same as greedy decoding getting the
+whole answer right (a wrong token is the first place greedy decoding could diverge). Per-digit accuracy
+is the teacher-forced one, the paper's per-digit measure. :func:`greedy_answer` decodes for real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+
+from tinylens.tasks.base import Task, Tokens
+
+
+@dataclass(frozen=True)
+class GroupScore:
+    """Loss and accuracy over one subset of answer tokens or questions."""
+
+    loss: float
+    """Mean cross-entropy (nats) over the group's answer tokens; NaN if the group is empty."""
+    acc: float
+    """Token accuracy (token groups) or exact-match rate (question groups); NaN if empty."""
+    count: int
+    """How many tokens (token groups) or questions (question groups) the group holds."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """A model's scores on a set of questions."""
+
+    n: int
+    """Questions scored."""
+    loss: float
+    """Mean cross-entropy over all answer tokens, nats."""
+    exact: float
+    """Fraction of questions with every answer token right."""
+    positions: dict[str, GroupScore] = field(default_factory=dict)
+    """Per answer position, keyed by the task's ``answer_names``."""
+    token_groups: dict[str, GroupScore] = field(default_factory=dict)
+    """Per task token group (e.g. the BA / UC1 / US9 sub-task of each digit)."""
+    question_groups: dict[str, GroupScore] = field(default_factory=dict)
+    """Per task question group (e.g. cascade class S0…S5); ``acc`` is exact match."""
+
+    def as_metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """Flat ``{"eval/loss": …, "eval/acc/A3": …}`` dict; empty groups are left out."""
+        out = {f"{prefix}/loss": self.loss, f"{prefix}/acc": self.exact}
+        for groups in (self.positions, self.token_groups, self.question_groups):
+            for name, score in groups.items():
+                if score.count:
+                    out[f"{prefix}/loss/{name}"] = score.loss
+                    out[f"{prefix}/acc/{name}"] = score.acc
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        def table(groups: dict[str, GroupScore]) -> dict[str, dict[str, float]]:
+            return {k: {"loss": v.loss, "acc": v.acc, "count": v.count} for k, v in groups.items()}
+
+        return {
+            "n": self.n,
+            "loss": self.loss,
+            "exact": self.exact,
+            "positions": table(self.positions),
+            "token_groups": table(self.token_groups),
+            "question_groups": table(self.question_groups),
+        }
+
+
+def answer_logits(
+    logits: Float[torch.Tensor, "batch pos d_vocab"], task: Task
+) -> Float[torch.Tensor, "batch answer d_vocab"]:
+    """The logits that predict the answer tokens (one position before each)."""
+    return logits[:, task.answer_positions - 1]
+
+
+def answer_loss(
+    logits: Float[torch.Tensor, "batch pos d_vocab"], tokens: Tokens, task: Task
+) -> Float[torch.Tensor, "batch answer"]:
+    """Per-token cross-entropy (nats) of the answer tokens."""
+    pred = answer_logits(logits, task)  # [batch, answer, d_vocab]
+    target = tokens[:, task.answer_positions]  # [batch, answer]
+    return F.cross_entropy(pred.transpose(1, 2), target, reduction="none")
+
+
+@torch.no_grad()
+def score_answers(
+    model: torch.nn.Module, task: Task, tokens: Tokens, batch_size: int = 1024
+) -> tuple[Float[torch.Tensor, "batch answer"], Bool[torch.Tensor, "batch answer"]]:
+    """Teacher-forced per-answer-token loss and correctness, in batches."""
+    losses, correct = [], []
+    for chunk in tokens.split(batch_size):
+        logits = model(chunk)
+        losses.append(answer_loss(logits, chunk, task))
+        pred = answer_logits(logits, task).argmax(-1)
+        correct.append(pred == chunk[:, task.answer_positions])
+    return torch.cat(losses), torch.cat(correct)
+
+
+def _score(loss: torch.Tensor, hit: torch.Tensor, count: int) -> GroupScore:
+    if count == 0:
+        return GroupScore(float("nan"), float("nan"), 0)
+    return GroupScore(float(loss.mean()), float(hit.float().mean()), count)
+
+
+def evaluate(model: torch.nn.Module, task: Task, tokens: Tokens) -> EvalResult:
+    """Score ``model`` on ``tokens`` (full sequences of ``task``), overall and by position and group."""
+    task.check_tokens(tokens)
+    loss, correct = score_answers(model, task, tokens)  # [batch, answer] each
+    exact = correct.all(dim=1)  # [batch]
+    positions = {
+        name: _score(loss[:, i], correct[:, i], loss.shape[0])
+        for i, name in enumerate(task.answer_names)
+    }
+    token_groups = {
+        name: _score(loss[mask], correct[mask], int(mask.sum()))
+        for name, mask in task.token_groups(tokens).items()
+    }
+    question_groups = {
+        name: _score(loss[mask], exact[mask], int(mask.sum()))
+        for name, mask in task.question_groups(tokens).items()
+    }
+    return EvalResult(
+        n=tokens.shape[0],
+        loss=float(loss.mean()),
+        exact=float(exact.float().mean()),
+        positions=positions,
+        token_groups=token_groups,
+        question_groups=question_groups,
+    )
+
+
+@torch.no_grad()
+def greedy_answer(
+    model: torch.nn.Module, task: Task, prompt: Int[torch.Tensor, "batch prompt"]
+) -> Int[torch.Tensor, "batch answer"]:
+    """Decode the answer one token at a time, always taking the most likely token."""
+    seq = prompt
+    for _ in range(len(task.answer_positions)):
+        next_token = model(seq)[:, -1].argmax(-1, keepdim=True)  # [batch, 1]
+        seq = torch.cat([seq, next_token], dim=1)
+    return seq[:, prompt.shape[1] :]

@@ -1,0 +1,106 @@
+"""The contract every task implements: a vocabulary, a seeded generator, answer positions and labels.
+
+A task knows its data and nothing about models. Sequences have a fixed length ``seq_len``; the answer
+occupies the positions ``answer_positions`` and the token at position ``p`` is predicted from the logits
+at ``p - 1``. Everything a trainer or an analysis needs to score a model comes from here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Bool, Int
+
+from tinylens.errors import TokenError
+
+Tokens = Int[torch.Tensor, "batch pos"]
+"""A batch of token sequences of one task, ``int64``."""
+
+
+class Task(ABC):
+    """One algorithmic task: its text format, generator and per-example labels."""
+
+    name: ClassVar[str]
+    """Registry key, e.g. ``"addition"``."""
+
+    @property
+    @abstractmethod
+    def vocab(self) -> tuple[str, ...]:
+        """Token strings; the token id is the index."""
+
+    @property
+    @abstractmethod
+    def seq_len(self) -> int:
+        """Length of every full sequence (prompt + answer), in tokens."""
+
+    @property
+    @abstractmethod
+    def answer_positions(self) -> Int[torch.Tensor, " answer"]:
+        """Positions of the answer tokens, ascending; each is predicted from the position before it."""
+
+    @property
+    @abstractmethod
+    def answer_names(self) -> tuple[str, ...]:
+        """A short name per answer position, used to label metrics (e.g. ``A5 … A0``)."""
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """The task's settings as a JSON-able dict (stored with every run)."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator, *, train: bool = False) -> Tokens:
+        """Draw ``n`` full sequences. ``train=True`` applies the task's training-time enrichment."""
+
+    @abstractmethod
+    def encode(self, text: str) -> Int[torch.Tensor, " pos"]:
+        """Text of one full sequence → token ids. Raises :class:`TokenError` on malformed text."""
+
+    @abstractmethod
+    def decode(self, tokens: Int[torch.Tensor, " pos"]) -> str:
+        """Token ids of one sequence → text; ``encode(decode(t))`` equals ``t``."""
+
+    @abstractmethod
+    def parse_prompt(self, text: str) -> Int[torch.Tensor, " prompt"]:
+        """A user's question (everything before the answer) → prompt tokens, normalised to the format."""
+
+    @abstractmethod
+    def solve(self, prompt: Int[torch.Tensor, "batch prompt"]) -> Tokens:
+        """Complete prompts with the correct answer: the ground truth, computed without a model."""
+
+    def token_groups(self, tokens: Tokens) -> dict[str, Bool[torch.Tensor, "batch answer"]]:
+        """Named masks over answer tokens (e.g. the sub-task each digit needs); default none."""
+        del tokens
+        return {}
+
+    def question_groups(self, tokens: Tokens) -> dict[str, Bool[torch.Tensor, " batch"]]:
+        """Named masks over whole questions (e.g. a carry class); default none."""
+        del tokens
+        return {}
+
+    @property
+    def prompt_len(self) -> int:
+        """Number of tokens before the first answer token."""
+        return int(self.answer_positions[0])
+
+    @property
+    def d_vocab(self) -> int:
+        return len(self.vocab)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        """Raise :class:`TokenError` unless ``tokens`` is a ``[batch, seq_len]`` tensor of valid ids."""
+        if tokens.ndim != 2 or tokens.shape[1] != self.seq_len:
+            raise TokenError(
+                f"{self.name} expects token tensors of shape [batch, {self.seq_len}], "
+                f"got {list(tokens.shape)}"
+            )
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TokenError(f"{self.name} tokens must be an integer tensor, got {tokens.dtype}")
+        bad = (tokens < 0) | (tokens >= self.d_vocab)
+        if bool(bad.any()):
+            row, pos = (int(i) for i in bad.nonzero()[0])
+            raise TokenError(
+                f"token id {int(tokens[row, pos])} at row {row}, position {pos} is outside "
+                f"the {self.name} vocabulary (ids 0–{self.d_vocab - 1})"
+            )

@@ -1,0 +1,286 @@
+"""The trainer: deterministic, resumable, with per-position and per-group metrics.
+
+Each step draws a fresh batch from the task's seeded generator, takes the cross-entropy of the answer
+tokens only, and makes one AdamW update (warm-up, then constant or cosine; global-norm clipping).
+
+Bookkeeping, all through the workspace (:mod:`tinylens.store`):
+
+* every ``log_every`` steps: training loss overall and per answer position (averaged over the
+  interval) and the learning rate;
+* every ``eval_every`` steps, and at the first and last: loss and accuracy on a fixed held-out set,
+  overall, per answer position, per task token group and per question group;
+* model checkpoints at log-spaced steps (plus init and last), for analyses across training;
+* the full training state (weights, optimizer, data RNG, partial log sums) every ``save_every``
+  steps, at the end and on Ctrl-C. A run killed at any moment resumes from that state and ends with
+  weights bit-identical to an uninterrupted run: nothing random happens outside the saved state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tinylens.config import RunConfig, TrainConfig, derive_seed
+from tinylens.errors import CheckpointError
+from tinylens.evaluation import EvalResult, answer_loss, evaluate
+from tinylens.model import build_model, model_metadata, model_tensors
+from tinylens.store import Run, load_tensors
+from tinylens.tasks import make_task
+
+STATE_KIND = "tinylens.train_state"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a call to :meth:`Trainer.fit` ended."""
+
+    run: str
+    step: int
+    """Steps completed."""
+    status: str
+    """``"done"`` or ``"interrupted"``."""
+    final_eval: EvalResult | None
+    """Held-out scores at the last step (None if interrupted)."""
+    elapsed_s: float
+    """Training wall-clock seconds, summed over resumed sessions."""
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for update number ``step`` (1-based)."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / max(1, cfg.warmup_steps)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def checkpoint_steps(cfg: TrainConfig) -> set[int]:
+    """Init, last, and ``n_checkpoints`` log-spaced steps in between."""
+    spaced = np.unique(np.round(np.geomspace(1, cfg.steps, max(cfg.n_checkpoints, 1))))
+    return {0, cfg.steps} | {int(s) for s in spaced if cfg.n_checkpoints}
+
+
+class Trainer:
+    """Trains (or resumes) one run. ``Trainer(run, cfg).fit()``."""
+
+    def __init__(self, run: Run, cfg: RunConfig, *, progress: bool = True) -> None:
+        self.run = run
+        self.cfg = cfg
+        self.show_progress = progress
+        self.task = make_task(cfg.task, cfg.task_options)
+        self.model = build_model(cfg.model, seed=derive_seed(cfg.seed, "init"))
+        self.optimizer = self._make_optimizer()
+        self.data_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "train-data"))
+        eval_rng = torch.Generator().manual_seed(derive_seed(cfg.train.eval_seed, "eval-data"))
+        self.eval_tokens = self.task.sample(cfg.train.eval_size, eval_rng)
+        self.step = 0
+        self.elapsed_s = 0.0
+        n_answer = len(self.task.answer_positions)
+        self._log_sum = torch.zeros(n_answer, dtype=torch.float64)  # summed per-position loss
+        self._log_count = 0
+        self._pending: list[tuple[int, str, float]] = []
+        self._stop_requested = False
+
+    # -- public --
+
+    def fit(self) -> TrainResult:
+        tc = self.cfg.train
+        self._restore()
+        ckpt_steps = checkpoint_steps(tc)
+        self.run.set_status("running", self.step)
+        started = time.perf_counter()
+        elapsed_before = self.elapsed_s
+        final_eval: EvalResult | None = None
+        try:
+            with self._sigint_sets_flag(), self._progress() as (bar, task_id):
+                if self.step == 0:
+                    final_eval = self._evaluate()
+                    self._save_checkpoint()
+                while self.step < tc.steps:
+                    if self._stop_requested:
+                        break
+                    self.train_step()
+                    if self.step % tc.log_every == 0 or self.step == tc.steps:
+                        self._flush_train_log(bar, task_id)
+                    if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                        final_eval = self._evaluate()
+                        bar.update(task_id, acc=f"{final_eval.exact:.2%}")
+                    if self.step in ckpt_steps:
+                        self._save_checkpoint()
+                    self.elapsed_s = elapsed_before + time.perf_counter() - started
+                    if self.step % tc.save_every == 0 or self.step == tc.steps:
+                        self._save_state()
+                    bar.update(task_id, completed=self.step)
+        except BaseException:
+            self.run.set_status("failed", self.step)
+            raise
+        self.elapsed_s = elapsed_before + time.perf_counter() - started
+        if self.step < tc.steps:  # stopped by Ctrl-C: keep everything needed to resume
+            self._save_state()
+            self._save_checkpoint()
+            self.run.set_status("interrupted", self.step)
+            return TrainResult(self.run.name, self.step, "interrupted", None, self.elapsed_s)
+        if final_eval is None:  # resumed a finished run
+            final_eval = evaluate(self.model.eval(), self.task, self.eval_tokens)
+        self.run.write_result(
+            "train_summary",
+            {"step": self.step, "elapsed_s": self.elapsed_s, "eval": final_eval.to_dict()},
+        )
+        self.run.set_status("done", self.step)
+        return TrainResult(self.run.name, self.step, "done", final_eval, self.elapsed_s)
+
+    # -- one step --
+
+    def train_step(self) -> None:
+        """One optimizer update on a fresh batch (public so benchmarks time exactly this)."""
+        tc = self.cfg.train
+        self.step += 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, tc)
+        self.model.train()
+        batch = self.task.sample(tc.batch_size, self.data_rng, train=True)
+        token_loss = answer_loss(self.model(batch), batch, self.task)  # [batch, answer]
+        loss = token_loss.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self._log_sum += token_loss.detach().mean(0).double()
+        self._log_count += 1
+
+    def _flush_train_log(self, bar: Progress, task_id: int) -> None:
+        per_position = self._log_sum / max(1, self._log_count)
+        rows = [(self.step, "train/loss", float(per_position.mean()))]
+        rows.append((self.step, "train/lr", lr_at(self.step, self.cfg.train)))
+        rows += [
+            (self.step, f"train/loss/{name}", float(v))
+            for name, v in zip(self.task.answer_names, per_position, strict=True)
+        ]
+        self._pending += rows
+        self._log_sum.zero_()
+        self._log_count = 0
+        bar.update(task_id, loss=f"{rows[0][2]:.4f}")
+
+    def _evaluate(self) -> EvalResult:
+        result = evaluate(self.model.eval(), self.task, self.eval_tokens)
+        self._pending += [(self.step, k, v) for k, v in result.as_metrics("eval").items()]
+        return result
+
+    # -- persistence --
+
+    def _save_checkpoint(self) -> None:
+        meta = model_metadata(self.cfg.model, {"step": str(self.step)})
+        self.run.save_checkpoint(self.step, model_tensors(self.model), meta)
+
+    def _save_state(self) -> None:
+        """Flush metrics, then write weights + optimizer + RNG + log sums as one atomic file."""
+        self.run.log_metrics(self._pending)
+        self._pending = []
+        opt = self.optimizer.state_dict()
+        tensors = {f"model.{k}": v for k, v in model_tensors(self.model).items()}
+        for idx, state in opt["state"].items():
+            tensors.update({f"optim.{idx}.{k}": v for k, v in state.items()})
+        tensors["rng.data"] = self.data_rng.get_state()
+        tensors["log.sum"] = self._log_sum.clone()
+        meta = model_metadata(self.cfg.model)
+        meta.update(
+            kind=STATE_KIND,
+            step=str(self.step),
+            elapsed_s=repr(self.elapsed_s),
+            log_count=str(self._log_count),
+            param_groups=json.dumps(opt["param_groups"]),
+            config_identity=self.cfg.identity,
+        )
+        self.run.save_state(tensors, meta)
+        self.run.set_status("running", self.step)
+
+    def _restore(self) -> None:
+        path = self.run.state_file()
+        if path is None:
+            return
+        tensors, meta = load_tensors(path, kind=STATE_KIND)
+        if meta.get("config_identity") != self.cfg.identity:
+            raise CheckpointError(
+                f"{path} was saved by a different config; start a new run (another --name)"
+            )
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        optim_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                optim_state.setdefault(int(idx), {})[name] = value
+        try:
+            self.model.load_state_dict(model_state, strict=True)
+            self.optimizer.load_state_dict(
+                {"state": optim_state, "param_groups": json.loads(meta["param_groups"])}
+            )
+            self.data_rng.set_state(tensors["rng.data"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path} does not hold a usable training state: {err}") from None
+        self.step = int(meta["step"])
+        self.elapsed_s = float(meta["elapsed_s"])
+        self._log_sum = tensors["log.sum"].clone()
+        self._log_count = int(meta["log_count"])
+        # metrics logged after the saved state will be recomputed, identically
+        self.run.workspace.delete_metrics_after(self.run.name, self.step)
+
+    # -- plumbing --
+
+    def _make_optimizer(self) -> torch.optim.AdamW:
+        tc = self.cfg.train
+        params = list(self.model.named_parameters())
+        # Decay matrices only: decaying norm gains and biases toward 0 has no regularising purpose.
+        groups = [
+            {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
+            {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2))
+
+    @contextmanager
+    def _sigint_sets_flag(self) -> Iterator[None]:
+        """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextmanager
+    def _progress(self) -> Iterator[tuple[Progress, int]]:
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not self.show_progress,
+        )
+        with bar:
+            task_id = bar.add_task(
+                self.run.name, total=self.cfg.train.steps, completed=self.step, loss="-", acc="-"
+            )
+            yield bar, task_id

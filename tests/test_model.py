@@ -1,0 +1,105 @@
+"""Models: build, save/load round trip, corrupt files, local Hugging Face checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinylens.errors import CheckpointError, ConfigError
+from tinylens.model import ModelConfig, build_model, load_model, load_pretrained, save_model
+
+from .helpers import model_cfg
+
+
+def test_same_seed_same_weights_and_rng_untouched() -> None:
+    cfg = model_cfg()
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_model(cfg, seed=7)
+    after = torch.rand(1)
+    assert torch.equal(before, after), "building a model must not consume the global RNG"
+    b = build_model(cfg, seed=7)
+    c = build_model(cfg, seed=8)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+    pairs = zip(a.parameters(), c.parameters(), strict=True)
+    assert any(not torch.equal(pa, pc) for pa, pc in pairs)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"n_layers": 2, "n_heads": 3, "d_head": 5}, {"d_mlp": 0}, {"normalization_type": None}],
+)
+def test_save_load_round_trip(tmp_path: Path, overrides: dict) -> None:
+    cfg = model_cfg(**overrides)
+    model = build_model(cfg, seed=0)
+    save_model(model, cfg, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    tokens = torch.randint(0, 12, (4, 18))
+    with torch.no_grad():
+        assert torch.equal(model(tokens), loaded(tokens))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"], "no temp files left"
+
+
+def test_truncated_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    cfg = model_cfg()
+    path = tmp_path / "m.safetensors"
+    save_model(build_model(cfg, seed=0), cfg, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(path)
+
+
+def test_missing_and_foreign_files_are_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError):
+        load_model(junk)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"n_layers": 0}, {"d_head": -1}, {"act_fn": "tanh"}, {"normalization_type": "BN"}],
+)
+def test_bad_model_config(bad: dict) -> None:
+    base = {"n_layers": 1, "n_heads": 1, "d_model": 8, "d_head": 8, "d_mlp": 8}
+    with pytest.raises(ConfigError):
+        ModelConfig(**{**base, **bad})
+
+
+def test_unsized_config_cannot_be_built() -> None:
+    cfg = ModelConfig(n_layers=1, n_heads=1, d_model=8, d_head=8, d_mlp=8)
+    with pytest.raises(ConfigError, match="sized"):
+        build_model(cfg, seed=0)
+
+
+def test_load_pretrained_local_gpt2(tmp_path: Path) -> None:
+    """A tiny random GPT-2 saved with `transformers` stands in for a real checkpoint."""
+    transformers = pytest.importorskip("transformers")
+    hf_cfg = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        n_positions=16,
+        vocab_size=50,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    hf.save_pretrained(tmp_path / "gpt2-tiny")
+    model = load_pretrained(tmp_path / "gpt2-tiny")
+    tokens = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+    assert "blocks.1.attn.hook_z" in model.hook_dict
+
+
+def test_load_pretrained_rejects_a_non_checkpoint_folder(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
+        load_pretrained(tmp_path)
