@@ -21,6 +21,7 @@ from tinylens.config import PRESETS, derive_seed, make_run_config, read_override
 from tinylens.errors import TinylensError
 from tinylens.evaluation import EvalResult, evaluate, greedy_answer
 from tinylens.store import DEFAULT_WORKSPACE, Workspace
+from tinylens.studies import run_study
 from tinylens.tasks import TASKS
 
 app = typer.Typer(
@@ -125,6 +126,18 @@ def predict(
     verdict = "[green]correct[/]" if torch.equal(answer, truth) else "[red]wrong[/]"
     out.print(f"{question}{task.decode(answer)}  model", highlight=False)
     out.print(f"{question}{task.decode(truth)}  true  {verdict}", highlight=False)
+
+
+@app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="Study to run: addition.")],
+    preset: Annotated[str, typer.Option(help="quick (CPU, minutes) or paper.")] = "quick",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run a study end to end (training its models if needed) and print its report's path."""
+    run = run_study(name, Workspace(workspace), preset, progress=progress)
+    out.print(str(run.path / "report.html"), highlight=False, soft_wrap=True)
 
 
 def _report_training(result: runs_api.TrainResult) -> None:

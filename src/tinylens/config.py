@@ -38,7 +38,7 @@ Schedule = Literal["constant", "cosine"]
 class TrainConfig:
     """Optimisation and bookkeeping of one training run."""
 
-    steps: int = 12_000
+    steps: int = 10_000
     """Optimizer updates in total."""
     batch_size: int = 128
     """Fresh questions per update."""
@@ -103,7 +103,7 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         model="cpu",
         train=TrainConfig(),
-        description="1 layer, 3 heads, d_model 192: >99% on 5-digit addition in minutes on a laptop",
+        description="1 layer, 4 heads, d_model 128: >99% on 5-digit addition in minutes on a laptop",
     ),
     "quirke": Preset(
         model="quirke",

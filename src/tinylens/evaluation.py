@@ -109,7 +109,26 @@ def _score(loss: torch.Tensor, hit: torch.Tensor, count: int) -> GroupScore:
 def evaluate(model: torch.nn.Module, task: Task, tokens: Tokens) -> EvalResult:
     """Score ``model`` on ``tokens`` (full sequences of ``task``), overall and by position and group."""
     task.check_tokens(tokens)
-    loss, correct = score_answers(model, task, tokens)  # [batch, answer] each
+    return summarize(task, tokens, *score_answers(model, task, tokens))
+
+
+def evaluate_logits(
+    task: Task, tokens: Tokens, logits: Float[torch.Tensor, "batch pos d_vocab"]
+) -> EvalResult:
+    """The same scores from logits already computed (e.g. by an ablated or patched run)."""
+    task.check_tokens(tokens)
+    loss = answer_loss(logits, tokens, task)
+    correct = answer_logits(logits, task).argmax(-1) == tokens[:, task.answer_positions]
+    return summarize(task, tokens, loss, correct)
+
+
+def summarize(
+    task: Task,
+    tokens: Tokens,
+    loss: Float[torch.Tensor, "batch answer"],
+    correct: Bool[torch.Tensor, "batch answer"],
+) -> EvalResult:
+    """Aggregate per-token loss and correctness by position and by the task's groups."""
     exact = correct.all(dim=1)  # [batch]
     positions = {
         name: _score(loss[:, i], correct[:, i], loss.shape[0])

@@ -384,6 +384,20 @@ class Run:
             fig.savefig(tmp, format="png", **savefig_kwargs)
         return path
 
+    def write_figure_png(self, name: str, png: bytes) -> Path:
+        """Save an already-rendered PNG as ``figures/NAME.png``."""
+        path = self.path / "figures" / f"{name}.png"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(png)
+        return path
+
+    def write_report(self, html: str) -> Path:
+        """The run's self-contained ``report.html``."""
+        path = self.path / "report.html"
+        with atomic_path(path) as tmp:
+            tmp.write_text(html, encoding="utf-8")
+        return path
+
     # -- index and metrics --
 
     def set_status(self, status: str, step: int | None = None) -> None:

@@ -196,3 +196,17 @@ def test_bad_options_are_config_errors(options: dict) -> None:
 def test_unknown_option_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bad options"):
         make_task("addition", {"digits": 5})
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_sample_case_gives_only_that_class(case: int) -> None:
+    task = AdditionTask()
+    tokens = task.sample_case(case, 200, torch.Generator().manual_seed(case))
+    assert tokens.shape == (200, 18)
+    assert bool((task.labels(tokens).case == case).all())
+    assert len({task.decode(t) for t in tokens}) > 150, "curated questions must vary"
+
+
+def test_sample_case_rejects_impossible_classes() -> None:
+    with pytest.raises(ConfigError, match="valid: 0–2"):
+        AdditionTask(n_digits=2).sample_case(4, 10, torch.Generator())

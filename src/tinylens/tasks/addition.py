@@ -209,6 +209,36 @@ class AdditionTask(Task):
         case = self.labels(tokens).case
         return {name: case == i for i, name in enumerate(CASES)}
 
+    def sample_case(self, case: int, n: int, generator: torch.Generator) -> Tokens:
+        """``n`` questions of one cascade class (index into :data:`CASES`): a curated test set.
+
+        Proposals plant a carry followed by the class's run of sum-9 columns at a random column in
+        otherwise random digits; rejection keeps those whose class is exactly ``case``. Within a
+        class the questions are varied but not uniformly distributed.
+        """
+        nd = self.n_digits
+        depth = case - 1  # sum-9 columns after the carry; S5 means at least 4
+        if not 0 <= case < len(CASES) or depth > nd - 1:
+            raise ConfigError(
+                f"class {case} does not exist for {nd}-digit addition; valid: 0–{min(5, nd)}"
+            )
+        kept: list[torch.Tensor] = []
+        while sum(len(k) for k in kept) < n:
+            a = torch.randint(0, 10, (4 * n, nd), generator=generator)
+            b = torch.randint(0, 10, (4 * n, nd), generator=generator)
+            if case == 0:  # no column may carry: draw b_c ≤ 9 - a_c
+                b = (torch.rand(4 * n, nd, generator=generator) * (10 - a)).long()
+            elif depth >= 0:
+                start = torch.randint(0, nd - depth, (4 * n,), generator=generator)
+                for row, c0 in enumerate(start.tolist()):
+                    a[row, c0] = int(torch.randint(1, 10, (1,), generator=generator))
+                    b[row, c0] = int(torch.randint(10 - int(a[row, c0]), 10, (1,), generator=generator))
+                    cols = range(c0 + 1, c0 + 1 + depth)
+                    b[row, list(cols)] = 9 - a[row, list(cols)]
+            tokens = self._assemble(a, b)
+            kept.append(tokens[self.labels(tokens).case == case])
+        return torch.cat(kept)[:n]
+
     # -- labels -----------------------------------------------------------------------------------
 
     def operands(self, tokens: Tokens) -> tuple[Int[torch.Tensor, "batch column"], ...]:
