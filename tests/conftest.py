@@ -1,4 +1,4 @@
-"""Shared fixtures: offline Hugging Face, a trained tiny run."""
+"""Shared fixtures: offline Hugging Face, a trained tiny run, a tiny addition study."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest
 
 from tinylens.runs import train
-from tinylens.store import Workspace
+from tinylens.store import Run, Workspace
+from tinylens.studies.addition import run_addition_study
 
 from .helpers import run_cfg
 
@@ -22,3 +23,9 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
     root = tmp_path_factory.mktemp("ws")
     result = train(Workspace(root), run_cfg(steps=60), progress=False)
     return root, result.run
+
+
+@pytest.fixture(scope="session")
+def study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The addition study's run folder, made once with the tiny preset (seconds)."""
+    return run_addition_study(Workspace(tmp_path_factory.mktemp("study")), "tiny", progress=False)

@@ -8,13 +8,6 @@ from pathlib import Path
 import pytest
 
 from tinylens.cli import main
-from tinylens.store import Workspace
-from tinylens.studies.addition import run_addition_study
-
-
-@pytest.fixture(scope="module")
-def study_run(tmp_path_factory: pytest.TempPathFactory):
-    return run_addition_study(Workspace(tmp_path_factory.mktemp("study")), "tiny", progress=False)
 
 
 def test_study_writes_results_figures_and_report(study_run) -> None:

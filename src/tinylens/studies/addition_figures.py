@@ -23,14 +23,22 @@ def digit_curve_figure(curves: dict[str, Any]) -> Figure:
     fig = _fig()
     ax = fig.add_subplot()
     for name, d in curves["digits"].items():
-        (line,) = ax.plot(d["steps"], d["values"], lw=1, label=name)
+        smooth = np.exp(_moving_mean(np.log(np.clip(d["values"], 1e-12, None)), 9))
+        (line,) = ax.plot(d["steps"], smooth, lw=1.2, label=name)
         if d["drop"] > 0:
             mid = d["steps"].index(d["mid"])
-            ax.plot(d["mid"], d["values"][mid], "o", color=line.get_color())
-    ax.set(yscale="log", xscale="symlog", xlabel="training step", ylabel="training loss (nats)")
-    ax.set_title("Per-digit loss (dots: half-way point of each digit's fall)")
+            ax.plot(d["mid"], smooth[mid], "o", color=line.get_color())
+    ax.set(yscale="log", xscale="log", xlabel="training step", ylabel="training loss (nats)")
+    ax.set_title("Per-digit loss, geometric moving mean of 9 logs (dots: half-way points)")
     ax.legend(ncol=3)
     return fig
+
+
+def _moving_mean(x: np.ndarray, window: int) -> np.ndarray:
+    if len(x) <= window:
+        return x
+    padded = np.pad(x, window // 2, mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
 def subtask_curve_figure(curves: dict[str, Any]) -> Figure:
@@ -100,6 +108,29 @@ def head_figure(heads: dict[str, Any]) -> Figure:
     ax.set_xticks(range(len(digits)), digits)
     ax.set(xlabel="answer digit", title="Digit accuracy with one head mean-ablated")
     fig.colorbar(im, ax=ax, label="accuracy")
+    return fig
+
+
+def high_loss_figure(worst: dict[str, Any], top: int = 12) -> Figure:
+    ranked = worst["classes"][:top]
+    fig = _fig(8.0, 4.5)
+    ax = fig.add_subplot()
+    names = [r["class"] for r in ranked]
+    y = np.arange(len(names))
+    ax.barh(y, [r["mean_loss_1l"] for r in ranked], color="tab:red")
+    ax.set_yticks(y, [f"{n} (n={r['count']})" for n, r in zip(names, ranked, strict=True)])
+    ax.invert_yaxis()
+    ax.set(xscale="log", xlabel="mean loss per question, 1-layer model (nats)")
+    ax.set_title("Question classes ranked by loss")
+    for yi, r in zip(y, ranked, strict=True):
+        ax.annotate(
+            f"exact 1L {_pct(r['exact_1l'])} · 2L {_pct(r['exact_2l'])}",
+            (r["mean_loss_1l"], yi),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
     return fig
 
 
@@ -187,6 +218,7 @@ def sections(results: dict[str, Any], task: AdditionTask) -> list[Section]:
             "Rare high-loss cases",
             "Question classes ranked by the 1-layer model's mean loss on the fresh questions, with "
             "both models' exact match, and the single worst questions (answers teacher-forced).",
+            figures=[(high_loss_figure(results["high_loss_cases"]), "Classes ranked by loss")],
             tables=[
                 (
                     ["class", "questions", "mean loss 1-layer", "exact 1-layer", "exact 2-layer"],

@@ -1,0 +1,67 @@
+"""The study report in a real browser: it opens, every figure decodes, the claims come first.
+
+Needs Debian's ``chromium`` and ``chromium-driver``; CI installs them and sets
+TINYLENS_REQUIRE_BROWSER=1 so that a missing browser fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tinylens.store import Run
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    if not (CHROMIUM and DRIVER):
+        message = "headless Chromium not installed: apt-get install chromium chromium-driver"
+        if os.environ.get("TINYLENS_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--window-size=1280,2000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_report_opens_with_every_figure(browser: webdriver.Chrome, study_run: Run) -> None:
+    browser.get((study_run.path / "report.html").resolve().as_uri())
+    n_figures = len(list((study_run.path / "figures").glob("*.png")))
+    images = browser.execute_script("return document.images.length")
+    decoded = browser.execute_script(
+        "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+    )
+    assert images == decoded == n_figures > 0
+    headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+    assert headings[0] == "Claims"
+    claim_rows = browser.find_elements(By.CSS_SELECTOR, "table:first-of-type tbody tr")
+    assert len(claim_rows) == 7
+    verdicts = {row.find_elements(By.TAG_NAME, "td")[3].text for row in claim_rows}
+    assert verdicts <= {"holds", "does not hold"}
