@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tinylens.cli import main
+from tinylens.store import Workspace
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -23,13 +25,18 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     return code, captured.out, captured.err
 
 
-def snapshot(root: Path) -> dict[str, int]:
-    """Every file under ``root`` with its size: to prove a failed command wrote nothing."""
-    return {
-        str(p.relative_to(root)): p.stat().st_size
+def snapshot(root: Path) -> dict[str, object]:
+    """Every file's bytes (the index as its rows): to prove a failed command wrote nothing."""
+    files: dict[str, object] = {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
         if p.is_file() and not p.name.startswith("tinylens.db")
     }
+    ws = Workspace(root)
+    files["index"] = [(r.name, r.status, r.step, r.updated) for r in ws.runs()]
+    files["metrics"] = {r.name: len(ws.metrics(r.name)) for r in ws.runs()}
+    ws.close()
+    return files
 
 
 def test_train_eval_predict_runs(
@@ -104,6 +111,24 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err + out
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("c.toml", 'lr = "fast"', "unknown section"),
+        ("c.toml", '[train]\nlr = "1e-3"', "train lr must be a number"),
+        ("c.json", "[1, 2]", "must hold a table"),
+        ("c.toml", "[train\n", "does not parse"),
+    ],
+)
+def test_bad_config_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, text: str, fragment: str
+) -> None:
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    code, _, err = run_cli(capsys, "train", "addition", "--config", str(cfg), "-w", str(tmp_path / "w"))
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_config_file_fields(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

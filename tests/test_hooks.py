@@ -23,3 +23,9 @@ def test_unknown_hook_name_suggests_close_ones() -> None:
     model = build_model(model_cfg(), seed=0)
     with pytest.raises(UnknownNameError, match=r"blocks\.0\.hook_resid_post"):
         hooks.check_hook_names(model, ["blocks.0.hook_resid_pots"])
+
+
+def test_unknown_hook_with_nothing_alike_lists_valid_ones() -> None:
+    model = build_model(model_cfg(), seed=0)
+    with pytest.raises(UnknownNameError, match=r"valid hooks include: .*blocks\.0\.hook_resid_pre"):
+        hooks.check_hook_names(model, ["zzz"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -47,6 +49,21 @@ def test_missing_run_lists_known_ones(tmp_path: Path) -> None:
     ws.create_run("alpha", {}, kind="train")
     with pytest.raises(RunNotFoundError, match="alpha"):
         ws.run("beta")
+    with pytest.raises(RunNotFoundError, match="not a run name"):
+        ws.run("../alpha")
+
+
+def test_json_results_are_strict(tmp_path: Path) -> None:
+    run = Workspace(tmp_path).create_run("r", {}, kind="train")
+    path = run.write_result("x", {"a": float("nan"), "b": [1.0, float("inf")]})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}
+
+
+def test_a_recreated_run_does_not_inherit_old_metrics(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    ws.create_run("r", {}, kind="train").log_metrics([(1, "m", 1.0)])
+    shutil.rmtree(tmp_path / "r")  # the folder is gone, its index rows are not
+    assert ws.create_run("r", {}, kind="train").metrics() == {}
 
 
 def test_metrics_round_trip_as_arrays(tmp_path: Path) -> None:

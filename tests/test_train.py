@@ -17,12 +17,13 @@ from safetensors import safe_open
 from tinylens.config import TrainConfig, make_run_config
 from tinylens.runs import resume, train
 from tinylens.store import Workspace
-from tinylens.train import checkpoint_steps, lr_at
+from tinylens.train import Trainer, checkpoint_steps, lr_at
 
 from .helpers import run_cfg
 
-# A run long enough (~5 s) to be killed in the middle.
-LONG = {"steps": 800, "eval_every": 100, "eval_size": 128, "save_every": 25, "log_every": 5}
+# A run long enough (~5 s) to be killed in the middle. save_every is not a multiple of log_every,
+# so most saved states hold a partly summed training-loss interval that resume must restore.
+LONG = {"steps": 800, "eval_every": 100, "eval_size": 128, "save_every": 25, "log_every": 10}
 
 
 def weights(workspace: Path, run: str) -> dict[str, torch.Tensor]:
@@ -66,10 +67,17 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path: Path) -> None:
     assert all_metrics(tmp_path / "a", a.run) != all_metrics(tmp_path / "c", c.run)
 
 
-def test_training_a_finished_config_again_reuses_the_run(tmp_path: Path) -> None:
+def test_training_a_finished_config_again_reuses_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = run_cfg(steps=20)
     first = train(Workspace(tmp_path), cfg, progress=False)
     before = weights(tmp_path, first.run)
+
+    def no_training(self: Trainer) -> None:
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(Trainer, "train_step", no_training)
     second = train(Workspace(tmp_path), cfg, progress=False)
     assert second.run == first.run and second.step == 20
     assert_same_weights(before, weights(tmp_path, second.run))
@@ -132,6 +140,7 @@ def test_ctrl_c_saves_and_resumes_bit_identical(tmp_path: Path) -> None:
     cfg = make_run_config("addition", "tiny", overrides={"train": LONG})
     straight = train(Workspace(tmp_path / "straight"), cfg, progress=False)
     assert_same_weights(weights(workspace, run), weights(tmp_path / "straight", straight.run))
+    assert all_metrics(workspace, run) == all_metrics(tmp_path / "straight", straight.run)
 
 
 def test_lr_schedule() -> None:

@@ -137,7 +137,7 @@ def study(
 ) -> None:
     """Run a study end to end (training its models if needed) and print its report's path."""
     run = run_study(name, Workspace(workspace), preset, progress=progress)
-    out.print(str(run.path / "report.html"), highlight=False, soft_wrap=True)
+    out.print(str(run.report_path), highlight=False, soft_wrap=True)
 
 
 def _report_training(result: runs_api.TrainResult) -> None:

@@ -67,6 +67,11 @@ class TrainConfig:
     """Model checkpoints kept for later analysis, log-spaced over training, plus init and last."""
 
     def __post_init__(self) -> None:
+        numbers = ("lr", "weight_decay", "beta1", "beta2")
+        for f in (*numbers, *(("grad_clip",) if self.grad_clip is not None else ())):
+            value = getattr(self, f)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"train {f} must be a number, got {value!r}")
         positive = ("steps", "batch_size", "log_every", "eval_every", "eval_size", "save_every")
         for f in positive:
             value = getattr(self, f)
@@ -126,7 +131,7 @@ class RunConfig:
     task: str
     """Task registry name, e.g. ``"addition"``."""
     preset: str
-    """The preset it started from (kept for humans; the fields below are what count)."""
+    """The preset it started from (part of the identity and the default run name)."""
     model: ModelConfig
     """Architecture, sized for the task."""
     train: TrainConfig
@@ -190,6 +195,8 @@ def read_overrides(path: Path) -> dict[str, dict[str, Any]]:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"config file {path} does not parse: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of sections [task], [model], [train]")
     _reject_unknown(f"section of {path.name}:", data, {"task", "model", "train"})
     for section, values in data.items():
         if not isinstance(values, dict):

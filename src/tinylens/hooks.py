@@ -121,8 +121,11 @@ def check_hook_names(model: HasHookDict, names: Iterable[str]) -> None:
     for name in names:
         if name not in valid:
             close = difflib.get_close_matches(name, list(valid), n=5, cutoff=0.5)
-            hint = f"; did you mean one of: {', '.join(close)}" if close else ""
+            if close:
+                hint = f"did you mean one of: {', '.join(close)}"
+            else:  # nothing alike: list the standard names, layer 0's as examples
+                examples = [h for h in all_hook_names(1) if h in valid]
+                hint = f"valid hooks include: {', '.join(examples)}"
             raise UnknownNameError(
-                f"the model has no hook named {name!r}{hint} "
-                f"(it has {len(valid)} hooks, e.g. blocks.0.hook_resid_post)"
+                f"the model has no hook named {name!r}; {hint} ({len(valid)} hooks in all)"
             )

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -31,13 +32,13 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from safetensors.torch import safe_open as _safe_open
+from safetensors.torch import save_file
 
 from tinylens.errors import CheckpointError, ConfigError, RunNotFoundError, TinylensError
 
@@ -92,9 +93,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented, strict JSON (NaN and ±inf become null), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by None, so browsers and other tools can read it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def read_json(path: Path) -> Any:
@@ -113,15 +125,12 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         save_file(contiguous, str(tmp), metadata={"format_version": FORMAT_VERSION, **metadata})
 
 
-def load_tensors(
-    path: Path, *, kind: str, prefix: str | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(path: Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file written by :func:`save_tensors` and check its ``kind``.
 
     Args:
         path: the file.
         kind: the ``kind`` its metadata must carry (e.g. ``"tinylens.model"``).
-        prefix: if given, load only tensors whose key starts with it (prefix stripped).
 
     Raises:
         CheckpointError: the file is missing, truncated, corrupt or of another kind.
@@ -131,8 +140,7 @@ def load_tensors(
     try:
         with _safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            keys = [k for k in f.keys() if prefix is None or k.startswith(prefix)]  # noqa: SIM118
-            tensors = {k[len(prefix or "") :]: f.get_tensor(k) for k in keys}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({err}); delete it and retrain, "
@@ -151,14 +159,6 @@ def load_tensors(
     return tensors, metadata
 
 
-def load_all_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file, with corruption reported as :class:`CheckpointError`."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} is truncated or corrupt ({err})") from None
-
-
 # -- workspace ------------------------------------------------------------------------------------
 
 
@@ -168,7 +168,7 @@ class RunInfo:
 
     name: str
     kind: str
-    """What made the run: ``"train"`` or a study name."""
+    """What made the run: ``"train"`` or ``"study"``."""
     status: str
     """``"running"``, ``"interrupted"``, ``"done"`` or ``"failed"``."""
     step: int
@@ -185,13 +185,6 @@ class MetricSeries:
 
     steps: np.ndarray
     values: np.ndarray
-
-
-@runtime_checkable
-class Figure(Protocol):
-    """What :meth:`Run.save_figure` needs of a matplotlib figure."""
-
-    def savefig(self, fname: Any, **kwargs: Any) -> None: ...
 
 
 class Workspace:
@@ -236,7 +229,7 @@ class Workspace:
         return [RunInfo(*row) for row in rows]
 
     def has_run(self, name: str) -> bool:
-        return (self.root / name / "config.json").is_file()
+        return bool(_RUN_NAME.match(name)) and (self.root / name / "config.json").is_file()
 
     def create_run(self, name: str, config: dict[str, Any], *, kind: str) -> Run:
         """Make the folder and index row of a new run; its ``config.json`` is written atomically."""
@@ -247,22 +240,29 @@ class Workspace:
             )
         if self.has_run(name):
             raise ConfigError(f"run {name!r} already exists in {self.root}; pick another --name")
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self._ensure_root()))
-        try:
-            write_json(staging / "config.json", config)
-            staging.replace(self.root / name)  # the run appears whole or not at all
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         now = time.time()
-        with self.db:
+        with self.db:  # index first: a run folder never exists without its row
+            self.db.execute("DELETE FROM metrics WHERE run = ?", (name,))  # a stale run's leftovers
             self.db.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, 'running', 0, ?, ?)",
                 (name, kind, config_hash(config), json.dumps(config, sort_keys=True), now, now),
             )
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self._ensure_root()))
+        try:
+            write_json(staging / "config.json", config)
+            staging.replace(self.root / name)  # the run appears whole or not at all
+        except BaseException:
+            with self.db:
+                self.db.execute("DELETE FROM runs WHERE name = ?", (name,))
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return Run(self, name)
 
     def run(self, name: str) -> Run:
         """The run called ``name``; :class:`RunNotFoundError` lists the known ones otherwise."""
+        if not _RUN_NAME.match(name):
+            raise RunNotFoundError(f"{name!r} is not a run name (letters, digits, '.', '_', '-')")
         if not self.has_run(name):
             known = self.run_names()
             listed = ", ".join(known[-20:]) if known else "none yet; train one with `tinylens train`"
@@ -378,12 +378,6 @@ class Run:
     def read_result(self, name: str) -> Any:
         return read_json(self.path / "results" / f"{name}.json")
 
-    def save_figure(self, fig: Figure, name: str, **savefig_kwargs: Any) -> Path:
-        path = self.path / "figures" / f"{name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", **savefig_kwargs)
-        return path
-
     def write_figure_png(self, name: str, png: bytes) -> Path:
         """Save an already-rendered PNG as ``figures/NAME.png``."""
         path = self.path / "figures" / f"{name}.png"
@@ -391,9 +385,13 @@ class Run:
             tmp.write_bytes(png)
         return path
 
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.html"
+
     def write_report(self, html: str) -> Path:
         """The run's self-contained ``report.html``."""
-        path = self.path / "report.html"
+        path = self.report_path
         with atomic_path(path) as tmp:
             tmp.write_text(html, encoding="utf-8")
         return path

@@ -123,8 +123,11 @@ class Trainer:
                     if self.step % tc.save_every == 0 or self.step == tc.steps:
                         self._save_state()
                     bar.update(task_id, completed=self.step)
+        except KeyboardInterrupt:  # a second Ctrl-C: the last saved state is still good
+            self.run.set_status("interrupted")
+            raise
         except BaseException:
-            self.run.set_status("failed", self.step)
+            self.run.set_status("failed")
             raise
         self.elapsed_s = elapsed_before + time.perf_counter() - started
         if self.step < tc.steps:  # stopped by Ctrl-C: keep everything needed to resume
@@ -228,12 +231,12 @@ class Trainer:
                 {"state": optim_state, "param_groups": json.loads(meta["param_groups"])}
             )
             self.data_rng.set_state(tensors["rng.data"])
+            self.step = int(meta["step"])
+            self.elapsed_s = float(meta["elapsed_s"])
+            self._log_sum = tensors["log.sum"].clone()
+            self._log_count = int(meta["log_count"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{path} does not hold a usable training state: {err}") from None
-        self.step = int(meta["step"])
-        self.elapsed_s = float(meta["elapsed_s"])
-        self._log_sum = tensors["log.sum"].clone()
-        self._log_count = int(meta["log_count"])
         # metrics logged after the saved state will be recomputed, identically
         self.run.workspace.delete_metrics_after(self.run.name, self.step)
 

@@ -76,6 +76,27 @@ def test_resample_from_a_single_reference_equals_mean_of_it(model, tokens) -> No
     torch.testing.assert_close(a, b)
 
 
+def test_resample_gives_each_input_one_reference_example(model, tokens) -> None:
+    reference = torch.randint(0, 12, (4, 18), generator=torch.Generator().manual_seed(2))
+    site = dict(hook=hooks.attn_z(0), head=0)
+    singles = [
+        run_ablated(model, tokens, [Ablation(**site, kind="mean")], reference=reference[j : j + 1])
+        for j in range(4)
+    ]
+    picks = []
+    for seed in (0, 1):
+        out = run_ablated(
+            model, tokens, [Ablation(**site, kind="resample")], reference=reference, seed=seed
+        )
+        matches = [
+            [j for j in range(4) if torch.allclose(out[i], singles[j][i], atol=1e-6)]
+            for i in range(tokens.shape[0])
+        ]
+        assert all(m for m in matches), "every input must get some reference example's activation"
+        picks.append([m[0] for m in matches])
+    assert picks[0] != picks[1], "the seed chooses which reference each input gets"
+
+
 def test_position_ablation_is_causal(model, tokens) -> None:
     clean = model(tokens).detach()
     ablated = run_ablated(model, tokens, [Ablation(hooks.resid_pre(0), positions=(9,), kind="zero")])
@@ -108,4 +129,5 @@ def test_mean_attention_matches_manual_average(model, tokens) -> None:
     assert patterns.shape == (model.cfg.n_layers, model.cfg.n_heads, 18, 18)
     torch.testing.assert_close(patterns.sum(-1), torch.ones(patterns.shape[:-1]))
     _, cache = model.run_with_cache(tokens)
-    torch.testing.assert_close(patterns[0], cache[hooks.attn_pattern(0)].mean(0))
+    for layer in range(model.cfg.n_layers):
+        torch.testing.assert_close(patterns[layer], cache[hooks.attn_pattern(layer)].mean(0))

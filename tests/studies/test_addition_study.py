@@ -48,6 +48,11 @@ def test_position_ablation_hits_the_position_before_each_digit(study_run) -> Non
         assert pos["most_harmful"]["A0"]["expected"] == 16
         assert pos["most_harmful"]["A5"]["expected"] == 11
         assert len(pos["acc"]) == 17 and len(pos["acc"][0]) == 6
+    one = both["1-layer"]
+    query_rows = {row["expected"] for row in one["most_harmful"].values()}
+    for p, row in enumerate(one["acc"]):
+        if p not in query_rows:  # in one layer, no other position reaches the answer logits
+            assert row == pytest.approx(one["clean"])
 
 
 def test_study_cli_prints_report_path(

@@ -142,6 +142,15 @@ def test_groups_partition_the_answers() -> None:
     assert bool((sum(m.long() for m in question_groups.values()) == 1).all())
 
 
+def test_groups_are_in_answer_order() -> None:
+    task = AdditionTask()
+    tokens = task.encode("00015+00085=000100")[None]  # A0: BA, A1: UC1 (5+5 carries), A2: US9
+    groups = task.token_groups(tokens)
+    names = task.answer_names  # A5 … A0
+    assert [names[i] for i in groups["US9"][0].nonzero().flatten().tolist()] == ["A2"]
+    assert [names[i] for i in groups["UC1"][0].nonzero().flatten().tolist()] == ["A1"]
+
+
 def test_parse_prompt_pads_and_solve_answers() -> None:
     task = AdditionTask()
     prompt = task.parse_prompt(" 123+45= ")
@@ -180,6 +189,8 @@ def test_encode_rejects_malformed_sequences(text: str, fragment: str) -> None:
 def test_check_tokens_names_the_bad_token() -> None:
     task = AdditionTask()
     tokens = task.sample(3, torch.Generator().manual_seed(0))
+    with pytest.raises(TokenError, match="int64"):
+        task.labels(tokens.int())
     tokens[1, 4] = 12
     with pytest.raises(TokenError, match="row 1, position 4"):
         task.labels(tokens)
@@ -187,7 +198,10 @@ def test_check_tokens_names_the_bad_token() -> None:
         task.labels(tokens[:, :5])
 
 
-@pytest.mark.parametrize("options", [{"n_digits": 0}, {"n_digits": 21}, {"sum9_digit_frac": 2}])
+@pytest.mark.parametrize(
+    "options",
+    [{"n_digits": 0}, {"n_digits": 21}, {"sum9_digit_frac": 2}, {"sum9_example_frac": "abc"}],
+)
 def test_bad_options_are_config_errors(options: dict) -> None:
     with pytest.raises(ConfigError):
         make_task("addition", options)

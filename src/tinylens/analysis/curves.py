@@ -31,14 +31,18 @@ class Phase:
     """Total fall, in natural-log units of loss (log L_start − log L_end); ≤ 0 means no fall."""
 
 
+def moving_mean_log(values: np.ndarray, window: int = 9) -> np.ndarray:
+    """Moving average of log(values) over ``window`` points (edges padded), same length."""
+    logs = np.log(np.clip(np.asarray(values, dtype=np.float64), 1e-12, None))
+    if window <= 1 or len(logs) <= window:
+        return logs
+    padded = np.pad(logs, window // 2, mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
+
+
 def smooth_log(values: np.ndarray, window: int = 9) -> np.ndarray:
-    """Moving average of log(values) (edge-padded), made monotone by a running minimum."""
-    logs = np.log(np.clip(values, 1e-12, None))
-    if window > 1 and len(logs) > window:
-        pad = window // 2
-        padded = np.pad(logs, pad, mode="edge")
-        logs = np.convolve(padded, np.ones(window) / window, mode="valid")
-    return np.minimum.accumulate(logs)
+    """:func:`moving_mean_log`, made monotone by a running minimum."""
+    return np.minimum.accumulate(moving_mean_log(values, window))
 
 
 def locate_phase(steps: np.ndarray, values: np.ndarray, window: int = 9) -> Phase:

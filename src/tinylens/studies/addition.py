@@ -25,7 +25,7 @@ import torch
 
 from tinylens import runs
 from tinylens.config import RunConfig, derive_seed, make_run_config
-from tinylens.errors import unknown_name
+from tinylens.errors import TinylensError, unknown_name
 from tinylens.evaluation import evaluate
 from tinylens.store import Run, Workspace, config_hash
 from tinylens.studies import addition_analyses as an
@@ -90,6 +90,11 @@ def run_addition_study(workspace: Workspace, preset: str = "quick", *, progress:
     trained = {}
     for key, run_cfg in (("1-layer", cfg.one_layer), ("2-layer", cfg.two_layer)):
         result = runs.train(workspace, run_cfg, progress=progress)
+        if result.status != "done":
+            raise TinylensError(
+                f"training of the {key} model stopped at step {result.step}; continue it with "
+                f"`tinylens resume {result.run}`, then run the study again"
+            )
         trained[key] = runs.load_trained(workspace, result.run)
     study = _study_run(workspace, cfg)
     task = trained["1-layer"].task
@@ -165,8 +170,9 @@ def check_claims(
     """Each claim of STUDIES.md against our measurements; the rules are stated in each claim."""
     claims = []
     mids = {d: v["mid"] for d, v in curves["digits"].items() if v["drop"] > 0}
-    spread = (max(mids.values()) - min(mids.values())) / max(*mids.values(), 1)
-    order = ", ".join(f"{d}@{s}" for d, s in sorted(mids.items(), key=lambda kv: kv[1]))
+    latest = max(mids.values(), default=0)
+    spread = (latest - min(mids.values(), default=0)) / max(latest, 1)
+    order = ", ".join(f"{d}@{s}" for d, s in sorted(mids.items(), key=lambda kv: kv[1])) or "none"
     claims.append(
         Claim(
             "Each answer digit's loss falls on its own curve, semi-independently, in phases",

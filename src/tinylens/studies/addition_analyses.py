@@ -14,7 +14,8 @@ from tinylens import hooks
 from tinylens.analysis.ablation import Ablation, run_ablated
 from tinylens.analysis.attention import mean_attention
 from tinylens.analysis.curves import locate_phase
-from tinylens.evaluation import answer_loss, evaluate, evaluate_logits, score_answers
+from tinylens.analysis.protocol import HookedModel
+from tinylens.evaluation import answer_logits, answer_loss, evaluate, evaluate_logits, score_answers
 from tinylens.store import Run
 from tinylens.tasks import CASES, SUBTASKS, AdditionTask
 
@@ -55,7 +56,7 @@ def digit_curves(run: Run, task: AdditionTask) -> dict[str, Any]:
 
 
 def class_accuracy(
-    model: torch.nn.Module, task: AdditionTask, curated: dict[int, torch.Tensor]
+    model: HookedModel, task: AdditionTask, curated: dict[int, torch.Tensor]
 ) -> dict[str, Any]:
     """Exact match and loss on the curated question set of each class S0…S5."""
     per_class = {}
@@ -66,7 +67,7 @@ def class_accuracy(
     return {"classes": per_class, "cascades": cascades}
 
 
-def error_residue(model: torch.nn.Module, task: AdditionTask, tokens: torch.Tensor) -> dict[str, Any]:
+def error_residue(model: HookedModel, task: AdditionTask, tokens: torch.Tensor) -> dict[str, Any]:
     """Which sub-task the wrongly predicted digits needed (BA, UC1 or US9)."""
     _, correct = score_answers(model, task, tokens)  # [batch, answer]
     subtask = task.labels(tokens).subtask.flip(1)  # answer order
@@ -82,9 +83,7 @@ def error_residue(model: torch.nn.Module, task: AdditionTask, tokens: torch.Tens
     }
 
 
-def attention_staircase(
-    model: torch.nn.Module, task: AdditionTask, tokens: torch.Tensor
-) -> dict[str, Any]:
+def attention_staircase(model: HookedModel, task: AdditionTask, tokens: torch.Tensor) -> dict[str, Any]:
     """Mean attention of each head from each answer-predicting position, and its mass per column.
 
     ``column_mass[layer][head][i][j]`` is the attention that the position predicting answer digit
@@ -108,9 +107,7 @@ def attention_staircase(
     }
 
 
-def position_ablation(
-    model: torch.nn.Module, task: AdditionTask, tokens: torch.Tensor
-) -> dict[str, Any]:
+def position_ablation(model: HookedModel, task: AdditionTask, tokens: torch.Tensor) -> dict[str, Any]:
     """Per-digit accuracy when every layer's attention output is mean-ablated at one position."""
     n_layers = int(model.cfg.n_layers)
     clean = evaluate(model, task, tokens)
@@ -139,7 +136,7 @@ def position_ablation(
     }
 
 
-def head_ablation(model: torch.nn.Module, task: AdditionTask, tokens: torch.Tensor) -> dict[str, Any]:
+def head_ablation(model: HookedModel, task: AdditionTask, tokens: torch.Tensor) -> dict[str, Any]:
     """Loss overall and per sub-task, and per-digit accuracy, with each head mean-ablated."""
 
     def summary(result: Any) -> dict[str, Any]:
@@ -171,15 +168,17 @@ def question_class(task: AdditionTask, tokens: torch.Tensor) -> list[str]:
 
 
 def high_loss_cases(
-    one: torch.nn.Module, two: torch.nn.Module, task: AdditionTask, tokens: torch.Tensor, top: int = 12
+    one: HookedModel, two: HookedModel, task: AdditionTask, tokens: torch.Tensor, top: int = 12
 ) -> dict[str, Any]:
     """Question classes ranked by the 1-layer model's loss; the worst questions; the 2-layer's view."""
     with torch.no_grad():
         logits_1, logits_2 = one(tokens), two(tokens)
     loss_1 = answer_loss(logits_1, tokens, task).sum(1)  # [batch], nats per question
     answers = task.answer_positions
-    right_1 = (logits_1[:, answers - 1].argmax(-1) == tokens[:, answers]).all(1)
-    right_2 = (logits_2[:, answers - 1].argmax(-1) == tokens[:, answers]).all(1)
+    pred_1 = answer_logits(logits_1, task).argmax(-1)  # [batch, answer]
+    pred_2 = answer_logits(logits_2, task).argmax(-1)
+    right_1 = (pred_1 == tokens[:, answers]).all(1)
+    right_2 = (pred_2 == tokens[:, answers]).all(1)
     classes = question_class(task, tokens)
     ranked = []
     for name in sorted(set(classes)):
@@ -201,8 +200,8 @@ def high_loss_cases(
             {
                 "question": text[: task.prompt_len],
                 "truth": text[task.prompt_len :],
-                "answer_1l": task.decode(logits_1[idx, answers - 1].argmax(-1)),
-                "answer_2l": task.decode(logits_2[idx, answers - 1].argmax(-1)),
+                "answer_1l": task.decode(pred_1[idx]),
+                "answer_2l": task.decode(pred_2[idx]),
                 "loss_1l": float(loss_1[idx]),
                 "class": classes[idx],
             }

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from tinylens.analysis.curves import moving_mean_log
 from tinylens.studies.report import Section
 from tinylens.tasks import AdditionTask
 
@@ -23,7 +24,7 @@ def digit_curve_figure(curves: dict[str, Any]) -> Figure:
     fig = _fig()
     ax = fig.add_subplot()
     for name, d in curves["digits"].items():
-        smooth = np.exp(_moving_mean(np.log(np.clip(d["values"], 1e-12, None)), 9))
+        smooth = np.exp(moving_mean_log(np.array(d["values"]), 9))
         (line,) = ax.plot(d["steps"], smooth, lw=1.2, label=name)
         if d["drop"] > 0:
             mid = d["steps"].index(d["mid"])
@@ -32,13 +33,6 @@ def digit_curve_figure(curves: dict[str, Any]) -> Figure:
     ax.set_title("Per-digit loss, geometric moving mean of 9 logs (dots: half-way points)")
     ax.legend(ncol=3)
     return fig
-
-
-def _moving_mean(x: np.ndarray, window: int) -> np.ndarray:
-    if len(x) <= window:
-        return x
-    padded = np.pad(x, window // 2, mode="edge")
-    return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
 def subtask_curve_figure(curves: dict[str, Any]) -> Figure:
@@ -89,7 +83,7 @@ def position_figure(pos: dict[str, Any], title: str, task: AdditionTask) -> Figu
     fig = _fig(6.0, 6.0)
     ax = fig.add_subplot()
     im = ax.imshow(acc, vmin=0, vmax=1, cmap="magma", aspect="auto")
-    labels = [f"{p} {c}" for p, c in zip(pos["positions"], _position_chars(task), strict=False)]
+    labels = [f"{p} {c}" for p, c in zip(pos["positions"], _position_chars(task), strict=True)]
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xticks(range(len(pos["digits"])), pos["digits"])
     ax.set(xlabel="answer digit", ylabel="mean-ablated position (attention output)", title=title)

@@ -95,7 +95,7 @@ class AdditionTask(Task):
             ("sum9_example_frac", sum9_example_frac),
             ("sum9_digit_frac", sum9_digit_frac),
         ):
-            if not 0.0 <= float(value) <= 1.0:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ConfigError(f"addition {field} must be in [0, 1], got {value!r}")
         self.n_digits = n_digits
         self.sum9_example_frac = float(sum9_example_frac)

@@ -95,8 +95,11 @@ class Task(ABC):
                 f"{self.name} expects token tensors of shape [batch, {self.seq_len}], "
                 f"got {list(tokens.shape)}"
             )
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise TokenError(f"{self.name} tokens must be an integer tensor, got {tokens.dtype}")
+        if tokens.dtype != torch.int64:
+            raise TokenError(
+                f"{self.name} tokens must be an int64 tensor (torch.long), got {tokens.dtype}; "
+                "convert with tokens.long()"
+            )
         bad = (tokens < 0) | (tokens >= self.d_vocab)
         if bool(bad.any()):
             row, pos = (int(i) for i in bad.nonzero()[0])
