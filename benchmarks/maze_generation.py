@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from maze_dataset import LatticeMazeGenerators, SolvedMaze
+from maze_dataset.tokenization import MazeTokenizer, TokenizationMode
 
 from tinylens.tasks.maze import gen_dfs, random_solved
 from tinylens.tasks.maze_tokens import as_tokens
@@ -34,9 +36,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-
-    from maze_dataset import LatticeMazeGenerators, SolvedMaze
-    from maze_dataset.tokenization import MazeTokenizer, TokenizationMode
 
     print(f"{'grid':>6} {'tinylens /s':>12} {'maze-dataset /s':>16} {'ratio':>7}")
     for n in (5, 10):
