@@ -14,7 +14,9 @@ Usage:
 
 from __future__ import annotations
 
+import functools
 import itertools
+import random
 import re
 
 import numpy as np
@@ -39,23 +41,31 @@ def coord_token(cell: Coord) -> str:
     return f"({cell[0]},{cell[1]})"
 
 
+@functools.cache
+def _coord_tokens(n: int) -> tuple[str, ...]:
+    return tuple(coord_token((r, c)) for r in range(n) for c in range(n))
+
+
 def coord_tokens(n: int) -> list[str]:
     """Every coordinate token of an n×n grid, row-major."""
-    return [coord_token((r, c)) for r in range(n) for c in range(n)]
+    return list(_coord_tokens(n))
 
 
 def as_tokens(solved: SolvedMaze, rng: np.random.Generator) -> list[str]:
-    """The solved maze as AOTP tokens; ``rng`` shuffles the adjacency list."""
-    pairs = solved.maze.connections()
+    """The solved maze as AOTP tokens; ``rng`` shuffles the adjacency list and each pair's order."""
+    n = solved.maze.n
+    names = _coord_tokens(n)
+    pairs = [(i, i + n) for i in np.flatnonzero(solved.maze.down).tolist()]
+    pairs += [(i, i + 1) for i in np.flatnonzero(solved.maze.right).tolist()]
+    fast = random.Random(int(rng.integers(2**63)))  # cheap per-draw RNG, seeded from rng
+    fast.shuffle(pairs)
     tokens = [ADJLIST_START]
-    for idx in rng.permutation(len(pairs)):
-        a, b = pairs[idx]
-        if rng.random() < 0.5:
-            a, b = b, a
-        tokens += [coord_token(a), CONNECTOR, coord_token(b), SEPARATOR]
+    for first, second in pairs:
+        a, b = (second, first) if fast.random() < 0.5 else (first, second)
+        tokens += [names[a], CONNECTOR, names[b], SEPARATOR]
     tokens += [ADJLIST_END, ORIGIN_START, coord_token(solved.origin), ORIGIN_END]
     tokens += [TARGET_START, coord_token(solved.target), TARGET_END, PATH_START]
-    tokens += [coord_token(cell) for cell in solved.path] + [PATH_END]
+    tokens += [names[r * n + c] for r, c in solved.path] + [PATH_END]
     return tokens
 
 
