@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinylens.errors import ConfigError, TokenError, UnknownNameError
-from tinylens.tasks.maze import GENERATORS, Maze, generate, random_solved, solve
+from tinylens.tasks.maze import (
+    GENERATORS,
+    Maze,
+    connection_labels,
+    generate,
+    maze_from_labels,
+    random_solved,
+    solve,
+    wall_list,
+)
 from tinylens.tasks.maze_render import draw_maze
 from tinylens.tasks.maze_tokens import SPECIAL_TOKENS, as_tokens, check_path, coord_tokens, from_tokens
 
@@ -163,3 +172,15 @@ def test_draw_maze_renders_walls_paths_and_markers(tmp_path) -> None:
     assert {"true path", "predicted", "origin", "target"} <= labels
     fig.savefig(tmp_path / "maze.png")
     assert (tmp_path / "maze.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", list(GENERATORS))
+def test_connection_labels_round_trip_and_follow_wall_list(name: str) -> None:
+    maze = generate(name, 6, np.random.default_rng(5))
+    labels = connection_labels(maze)
+    walls = wall_list(6)
+    assert labels.shape == (len(walls),) == (2 * 6 * 5,)
+    assert [maze.connected(a, b) for a, b in walls] == labels.tolist()
+    assert maze_from_labels(6, labels) == maze
+    with pytest.raises(ConfigError, match="60 walls"):
+        maze_from_labels(6, labels[:-1])

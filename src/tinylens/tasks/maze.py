@@ -167,6 +167,34 @@ class SolvedMaze:
         return self.maze.as_ascii(self.path)
 
 
+# -- probe labels ---------------------------------------------------------------------------------
+
+
+def wall_list(n: int) -> list[tuple[Coord, Coord]]:
+    """Every wall between neighbouring cells of an n×n grid, in a fixed order: vertical steps
+    (r,c)–(r+1,c) row-major, then horizontal steps (r,c)–(r,c+1) row-major; 2·n·(n−1) in all."""
+    walls = [((r, c), (r + 1, c)) for r in range(n - 1) for c in range(n)]
+    return walls + [((r, c), (r, c + 1)) for r in range(n) for c in range(n - 1)]
+
+
+def connection_labels(maze: Maze) -> Bool[np.ndarray, " wall"]:
+    """For each wall of :func:`wall_list`, whether it is open: the targets of a maze probe."""
+    return np.concatenate([maze.down[:-1].ravel(), maze.right[:, :-1].ravel()])
+
+
+def maze_from_labels(n: int, labels: Bool[np.ndarray, " wall"]) -> Maze:
+    """Inverse of :func:`connection_labels` (e.g. to draw the maze a probe decodes)."""
+    labels = np.asarray(labels, dtype=bool)
+    if labels.shape != (2 * n * (n - 1),):
+        raise ConfigError(f"an {n}×{n} maze has {2 * n * (n - 1)} walls, got labels {labels.shape}")
+    split = n * (n - 1)
+    down = np.zeros((n, n), dtype=bool)
+    right = np.zeros((n, n), dtype=bool)
+    down[:-1] = labels[:split].reshape(n - 1, n)
+    right[:, :-1] = labels[split:].reshape(n, n - 1)
+    return Maze(down, right)
+
+
 # -- generators -----------------------------------------------------------------------------------
 
 
