@@ -152,9 +152,9 @@ def _report_training(result: runs_api.TrainResult) -> None:
 def _print_eval(run: str, step: int, result: EvalResult) -> None:
     out.print(f"[bold]{run}[/] at step {step}: {result.n} fresh questions", highlight=False)
     out.print(f"exact match {result.exact:.4%}   loss {result.loss:.4g}", highlight=False)
-    table = Table("answer digit", "accuracy", "loss", title="per answer digit (teacher-forced)")
+    table = Table("answer", "accuracy", "loss", "count", title="per answer position (teacher-forced)")
     for name, score in result.positions.items():
-        table.add_row(name, f"{score.acc:.4%}", f"{score.loss:.4g}")
+        table.add_row(name, f"{score.acc:.4%}", f"{score.loss:.4g}", str(score.count))
     out.print(table)
     if result.question_groups:
         table = Table("class", "questions", "exact match", "loss", title="per question class")

@@ -70,6 +70,12 @@ class EvalResult:
         }
 
 
+def masked_mean(values: Float[torch.Tensor, ...], valid: Bool[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean of ``values`` where ``valid``; exactly ``values.mean()`` when everything is valid, so
+    fixed-length tasks keep the same arithmetic (and bits) as an unmasked mean."""
+    return values.mean() if bool(valid.all()) else values[valid].mean()
+
+
 def answer_logits(
     logits: Float[torch.Tensor, "batch pos d_vocab"], task: Task
 ) -> Float[torch.Tensor, "batch answer d_vocab"]:
@@ -107,7 +113,11 @@ def _score(loss: torch.Tensor, hit: torch.Tensor, count: int) -> GroupScore:
 
 
 def evaluate(model: torch.nn.Module, task: Task, tokens: Tokens) -> EvalResult:
-    """Score ``model`` on ``tokens`` (full sequences of ``task``), overall and by position and group."""
+    """Score ``model`` on ``tokens`` (full sequences of ``task``), overall and by position and group.
+
+    Answer slots an example does not use (``task.answer_valid``) count neither for loss nor accuracy;
+    a question is exactly right when every slot it uses is.
+    """
     task.check_tokens(tokens)
     return summarize(task, tokens, *score_answers(model, task, tokens))
 
@@ -128,23 +138,27 @@ def summarize(
     loss: Float[torch.Tensor, "batch answer"],
     correct: Bool[torch.Tensor, "batch answer"],
 ) -> EvalResult:
-    """Aggregate per-token loss and correctness by position and by the task's groups."""
-    exact = correct.all(dim=1)  # [batch]
-    positions = {
-        name: _score(loss[:, i], correct[:, i], loss.shape[0])
-        for i, name in enumerate(task.answer_names)
-    }
-    token_groups = {
-        name: _score(loss[mask], correct[mask], int(mask.sum()))
-        for name, mask in task.token_groups(tokens).items()
-    }
+    """Aggregate per-token loss and correctness by position and by the task's groups (valid slots)."""
+    valid = task.answer_valid(tokens)  # [batch, answer]
+    exact = (correct | ~valid).all(dim=1)  # [batch]
+    positions = {}
+    for i, name in enumerate(task.answer_names):
+        used = valid[:, i]
+        if bool(used.all()):  # the plain column: same arithmetic as for fixed-length answers
+            positions[name] = _score(loss[:, i], correct[:, i], len(used))
+        else:
+            positions[name] = _score(loss[used, i], correct[used, i], int(used.sum()))
+    token_groups = {}
+    for name, group in task.token_groups(tokens).items():
+        mask = group & valid
+        token_groups[name] = _score(loss[mask], correct[mask], int(mask.sum()))
     question_groups = {
         name: _score(loss[mask], exact[mask], int(mask.sum()))
         for name, mask in task.question_groups(tokens).items()
     }
     return EvalResult(
         n=tokens.shape[0],
-        loss=float(loss.mean()),
+        loss=float(masked_mean(loss, valid)),
         exact=float(exact.float().mean()),
         positions=positions,
         token_groups=token_groups,

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from tinylens.config import RunConfig, TrainConfig, derive_seed
 from tinylens.errors import CheckpointError
-from tinylens.evaluation import EvalResult, answer_loss, evaluate
+from tinylens.evaluation import EvalResult, answer_loss, evaluate, masked_mean
 from tinylens.model import build_model, model_metadata, model_tensors
 from tinylens.store import Run, load_tensors
 from tinylens.tasks import make_task
@@ -155,13 +155,18 @@ class Trainer:
         self.model.train()
         batch = self.task.sample(tc.batch_size, self.data_rng, train=True)
         token_loss = answer_loss(self.model(batch), batch, self.task)  # [batch, answer]
-        loss = token_loss.mean()
+        valid = self.task.answer_valid(batch)  # [batch, answer]; all True for fixed-length answers
+        loss = masked_mean(token_loss, valid)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
-        self._log_sum += token_loss.detach().mean(0).double()
+        if bool(valid.all()):
+            self._log_sum += token_loss.detach().mean(0).double()
+        else:  # per-slot mean over the examples that use the slot
+            used = valid.sum(0).clamp(min=1)
+            self._log_sum += ((token_loss.detach() * valid).sum(0) / used).double()
         self._log_count += 1
 
     def _flush_train_log(self, bar: Progress, task_id: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from tinylens.errors import ConfigError, unknown_name
 from tinylens.tasks.addition import CASES, SUBTASKS, AdditionLabels, AdditionTask
 from tinylens.tasks.base import Task, Tokens
+from tinylens.tasks.maze_task import MazeTask
 
 TASKS: dict[str, type[Task]] = {}
 """Registry: task name → task class."""
@@ -34,6 +35,7 @@ def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
 
 
 register_task(AdditionTask)
+register_task(MazeTask)
 
 __all__ = [
     # registry
@@ -48,4 +50,6 @@ __all__ = [
     "SUBTASKS",
     "AdditionLabels",
     "AdditionTask",
+    # maze
+    "MazeTask",
 ]

@@ -1,8 +1,10 @@
 """The contract every task implements: a vocabulary, a seeded generator, answer positions and labels.
 
 A task knows its data and nothing about models. Sequences have a fixed length ``seq_len``; the answer
-occupies the positions ``answer_positions`` and the token at position ``p`` is predicted from the logits
-at ``p - 1``. Everything a trainer or an analysis needs to score a model comes from here.
+occupies the slots ``answer_positions`` and the token at position ``p`` is predicted from the logits
+at ``p - 1``. A task whose answers vary in length (a maze path) marks the slots each example really
+uses with :meth:`Task.answer_valid`; the others hold padding and are neither trained nor scored.
+Everything a trainer or an analysis needs to score a model comes from here.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class Task(ABC):
     @abstractmethod
     def solve(self, prompt: Int[torch.Tensor, "batch prompt"]) -> Tokens:
         """Complete prompts with the correct answer: the ground truth, computed without a model."""
+
+    def answer_valid(self, tokens: Tokens) -> Bool[torch.Tensor, "batch answer"]:
+        """Which answer slots each example uses; default all (fixed-length answers)."""
+        return torch.ones(tokens.shape[0], len(self.answer_positions), dtype=torch.bool)
 
     def token_groups(self, tokens: Tokens) -> dict[str, Bool[torch.Tensor, "batch answer"]]:
         """Named masks over answer tokens (e.g. the sub-task each digit needs); default none."""

@@ -72,6 +72,26 @@ def as_tokens(solved: SolvedMaze, rng: np.random.Generator) -> list[str]:
 def from_tokens(tokens: list[str], n: int) -> SolvedMaze:
     """Parse AOTP tokens of an n×n maze; :class:`TokenError` names any malformed token."""
     reader = _Reader(tokens, n)
+    maze, origin, target = _read_prompt(reader)
+    path_start = reader.pos
+    path: list[Coord] = []
+    while reader.peek() != PATH_END:
+        path.append(reader.coord())
+    reader.expect(PATH_END)
+    reader.finish()
+    check_path(maze, tuple(path), origin, target, offset=path_start)
+    return SolvedMaze(maze, tuple(path))
+
+
+def prompt_from_tokens(tokens: list[str], n: int) -> tuple[Maze, Coord, Coord]:
+    """Parse a prompt (everything up to and including ``<PATH_START>``): (maze, origin, target)."""
+    reader = _Reader(tokens, n)
+    found = _read_prompt(reader)
+    reader.finish()
+    return found
+
+
+def _read_prompt(reader: _Reader) -> tuple[Maze, Coord, Coord]:
     reader.expect(ADJLIST_START)
     pairs: list[tuple[Coord, Coord]] = []
     while reader.peek() != ADJLIST_END:
@@ -90,15 +110,7 @@ def from_tokens(tokens: list[str], n: int) -> SolvedMaze:
     target = reader.coord()
     reader.expect(TARGET_END)
     reader.expect(PATH_START)
-    path_start = reader.pos
-    path: list[Coord] = []
-    while reader.peek() != PATH_END:
-        path.append(reader.coord())
-    reader.expect(PATH_END)
-    reader.finish()
-    maze = Maze.from_connections(n, pairs)
-    check_path(maze, tuple(path), origin, target, offset=path_start)
-    return SolvedMaze(maze, tuple(path))
+    return Maze.from_connections(reader.n, pairs), origin, target
 
 
 def check_path(
@@ -158,4 +170,5 @@ class _Reader:
 
     def finish(self) -> None:
         if self.pos != len(self.tokens):
-            raise self.error(f"unexpected {self.tokens[self.pos]!r} after {PATH_END}")
+            after = self.tokens[self.pos - 1] if self.pos else "the start"
+            raise self.error(f"unexpected {self.tokens[self.pos]!r} after {after}")

@@ -1,0 +1,177 @@
+"""The maze-solving task: AOTP prompts in, the shortest path out, as fixed-length token sequences.
+
+Background:
+    Each sequence is a maze's AOTP prompt (adjacency list, origin, target, ``<PATH_START>``), left-
+    padded with ``<PADDING>`` so that ``<PATH_START>`` always sits at the same position, followed by
+    the path cells and ``<PATH_END>``, right-padded to ``seq_len``. The answer slots are the positions
+    after ``<PATH_START>``; :meth:`MazeTask.answer_valid` marks those up to ``<PATH_END>``, so paths of
+    every length train and score together. Padding on the left keeps the prompt's end, where probes
+    read the residual stream, at one position for every maze.
+
+Usage:
+    task = MazeTask(grid=5)
+    tokens = task.sample(64, torch.Generator().manual_seed(0))   # [64, task.seq_len]
+    solved = task.solved_maze(tokens[0])
+
+References:
+    Ivanitskiy, Spies et al. 2023 (maze-transformer pads prompts on the left in the same way).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Int
+
+from tinylens.errors import ConfigError, TokenError, unknown_name
+from tinylens.tasks.base import Task, Tokens
+from tinylens.tasks.maze import (
+    GENERATORS,
+    MAX_GRID,
+    MIN_GRID,
+    SolvedMaze,
+    generate,
+    random_solved,
+    solve,
+)
+from tinylens.tasks.maze_tokens import (
+    PADDING,
+    PATH_END,
+    PATH_START,
+    SPECIAL_TOKENS,
+    as_tokens,
+    coord_token,
+    coord_tokens,
+    from_tokens,
+    prompt_from_tokens,
+)
+
+TREE_GENERATORS = ("dfs", "wilson", "kruskal")
+"""Generators whose mazes are spanning trees (n² − 1 open walls)."""
+
+
+class MazeTask(Task):
+    """Solve n×n lattice mazes (n = 2…20) from maze-dataset's AOTP prompt."""
+
+    name: ClassVar[str] = "maze"
+
+    def __init__(self, grid: int = 5, generator: str = "dfs") -> None:
+        """
+        Args:
+            grid: the side n of the n×n maze.
+            generator: ``dfs`` (default), ``wilson``, ``kruskal`` or ``percolation``.
+        """
+        if isinstance(grid, bool) or not isinstance(grid, int) or not MIN_GRID <= grid <= MAX_GRID:
+            raise ConfigError(f"maze grid must be an integer {MIN_GRID}–{MAX_GRID}, got {grid!r}")
+        if generator not in GENERATORS:
+            raise unknown_name("maze generator", generator, GENERATORS)
+        self.grid = grid
+        self.generator = generator
+        self._vocab = (*SPECIAL_TOKENS, *coord_tokens(grid))
+        self._ids = {token: i for i, token in enumerate(self._vocab)}
+        n = grid
+        max_walls = n * n - 1 if generator in TREE_GENERATORS else 2 * n * (n - 1)
+        # <ADJLIST_START> 4 per wall <ADJLIST_END>, origin ×3, target ×3, <PATH_START>
+        self._prompt_len = 4 * max_walls + 9
+        self._answer_positions = torch.arange(self._prompt_len, self._prompt_len + n * n + 1)
+
+    # -- Task contract ----------------------------------------------------------------------------
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return self._vocab
+
+    @property
+    def seq_len(self) -> int:
+        return self._prompt_len + self.grid**2 + 1  # the longest path visits every cell
+
+    @property
+    def answer_positions(self) -> Int[torch.Tensor, " answer"]:
+        return self._answer_positions
+
+    @property
+    def answer_names(self) -> tuple[str, ...]:
+        return tuple(f"P{k}" for k in range(len(self._answer_positions)))
+
+    def options(self) -> dict[str, Any]:
+        return {"grid": self.grid, "generator": self.generator}
+
+    def sample(self, n: int, generator: torch.Generator, *, train: bool = False) -> Tokens:
+        """``n`` random mazes with two distinct random cells as origin and target."""
+        del train  # no enrichment for mazes
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        rows = [
+            self._layout(as_tokens(random_solved(generate(self.generator, self.grid, rng), rng), rng))
+            for _ in range(n)
+        ]
+        return torch.tensor(rows, dtype=torch.int64).reshape(n, self.seq_len)
+
+    def answer_valid(self, tokens: Tokens) -> Bool[torch.Tensor, "batch answer"]:
+        """Answer slots up to and including each sequence's ``<PATH_END>``."""
+        answers = tokens[:, self._answer_positions]  # [batch, answer]
+        is_end = answers == self._ids[PATH_END]
+        after_end = (is_end.cumsum(1) - is_end.long()) > 0
+        return ~after_end
+
+    def encode(self, text: str) -> Int[torch.Tensor, " pos"]:
+        words = text.split()
+        if len(words) != self.seq_len:
+            raise TokenError(
+                f"a {self.grid}×{self.grid} maze sequence has {self.seq_len} tokens, got {len(words)}"
+            )
+        return torch.tensor(self._to_ids(words), dtype=torch.int64)
+
+    def decode(self, tokens: Int[torch.Tensor, " pos"]) -> str:
+        ids = [int(t) for t in tokens]
+        if any(not 0 <= i < len(self._vocab) for i in ids):
+            raise TokenError(f"token ids outside the maze vocabulary (0–{len(self._vocab) - 1})")
+        return " ".join(self._vocab[i] for i in ids)
+
+    def parse_prompt(self, text: str) -> Int[torch.Tensor, " prompt"]:
+        """An AOTP prompt (padding optional, ending in ``<PATH_START>``) → left-padded prompt ids."""
+        words = [w for w in text.split() if w != PADDING]
+        prompt_from_tokens(words, self.grid)  # validates, naming the offending token
+        if len(words) > self._prompt_len:
+            raise TokenError(
+                f"the prompt has {len(words)} tokens; {self.generator} mazes of this size have at "
+                f"most {self._prompt_len}"
+            )
+        padded = [PADDING] * (self._prompt_len - len(words)) + words
+        return torch.tensor(self._to_ids(padded), dtype=torch.int64)
+
+    def solve(self, prompt: Int[torch.Tensor, "batch prompt"]) -> Tokens:
+        rows = []
+        for row in prompt:
+            words = [w for w in self.decode(row).split() if w != PADDING]
+            maze, origin, target = prompt_from_tokens(words, self.grid)
+            path = solve(maze, origin, target).path
+            rows.append(self._layout([*words, *(coord_token(c) for c in path), PATH_END]))
+        return torch.tensor(rows, dtype=torch.int64).reshape(len(rows), self.seq_len)
+
+    # -- mazes ------------------------------------------------------------------------------------
+
+    def solved_maze(self, tokens: Int[torch.Tensor, " pos"]) -> SolvedMaze:
+        """The maze and path one full sequence describes (padding dropped, path checked)."""
+        words = [w for w in self.decode(tokens).split() if w != PADDING]
+        return from_tokens(words, self.grid)
+
+    def _layout(self, words: list[str]) -> list[int]:
+        """Left-pad the prompt so <PATH_START> ends it at a fixed place; right-pad the answer."""
+        split = words.index(PATH_START) + 1
+        prompt, answer = words[:split], words[split:]
+        padded = [PADDING] * (self._prompt_len - len(prompt)) + prompt + answer
+        padded += [PADDING] * (self.seq_len - len(padded))
+        return self._to_ids(padded)
+
+    def _to_ids(self, words: list[str]) -> list[int]:
+        ids = []
+        for pos, word in enumerate(words):
+            if word not in self._ids:
+                raise TokenError(
+                    f"token {pos}: {word!r} is not in the {self.grid}×{self.grid} maze vocabulary"
+                )
+            ids.append(self._ids[word])
+        return ids
