@@ -102,11 +102,18 @@ def eval_run(
     rng = torch.Generator().manual_seed(derive_seed(seed, "cli-eval"))
     tokens = trained.task.sample(n, rng)
     result = evaluate(trained.model, trained.task, tokens)
+    generated: dict[str, float] = {}
+    if trained.task.generation_metric_names:  # decode for real: judge what the model writes
+        prompt = tokens[:, : trained.task.prompt_len]
+        answer = greedy_answer(trained.model, trained.task, prompt)
+        generated = trained.task.generation_metrics(prompt, answer)
     if as_json:
         payload = {"run": run, "step": trained.step, "seed": seed, **result.to_dict()}
-        print(json.dumps(payload, indent=2))
+        print(json.dumps({**payload, "generation": generated}, indent=2))
         return
     _print_eval(run, trained.step, result)
+    for name, value in generated.items():
+        out.print(f"{name.replace('_', ' ')} (greedy decoding): {value:.2%}", highlight=False)
 
 
 @app.command()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tinylens.cli import main
 from tinylens.config import make_run_config
 from tinylens.errors import ConfigError, TokenError, UnknownNameError
 from tinylens.evaluation import evaluate_logits
@@ -88,3 +92,31 @@ def test_a_maze_model_trains(tmp_path: Path) -> None:
     m = Workspace(tmp_path).run(result.run).metrics()
     assert m["eval/loss"].values[-1] < m["eval/loss"].values[0]
     assert "eval/acc/P0" in m and "train/loss/P0" in m
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        main(["eval", result.run, "-w", str(tmp_path), "--n", "20", "--json"])
+    generation = json.loads(printed.getvalue())["generation"]
+    assert set(generation) == {"exact_path", "valid_path", "target_reached"}
+    assert 0 <= generation["exact_path"] <= generation["target_reached"] <= generation["valid_path"] <= 1
+
+
+def test_generation_metrics_judge_paths() -> None:
+    task = MazeTask(grid=4)
+    tokens = task.sample(6, torch.Generator().manual_seed(4))
+    prompt, answer = tokens[:, : task.prompt_len], tokens[:, task.prompt_len :]
+    assert task.generation_metrics(prompt, answer) == {
+        "exact_path": 1.0,
+        "valid_path": 1.0,
+        "target_reached": 1.0,
+    }
+    end, pad = task.vocab.index(PATH_END), task.vocab.index(PADDING)
+    cut = answer.clone()
+    for row in cut:  # stop every path one cell early: valid walks that miss the target
+        n_used = int((row != pad).sum())
+        row[n_used - 2], row[n_used - 1] = end, pad
+    assert task.generation_metrics(prompt, cut) == {
+        "exact_path": 0.0,
+        "valid_path": 1.0,
+        "target_reached": 0.0,
+    }
+    garbage = torch.full_like(answer, task.vocab.index("(3,3)"))
+    assert task.generation_metrics(prompt, garbage)["valid_path"] == 0.0

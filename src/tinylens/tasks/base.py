@@ -26,6 +26,8 @@ class Task(ABC):
 
     name: ClassVar[str]
     """Registry key, e.g. ``"addition"``."""
+    generation_metric_names: ClassVar[tuple[str, ...]] = ()
+    """Keys that :meth:`generation_metrics` returns; empty if the task has none."""
 
     @property
     @abstractmethod
@@ -74,6 +76,14 @@ class Task(ABC):
     def answer_valid(self, tokens: Tokens) -> Bool[torch.Tensor, "batch answer"]:
         """Which answer slots each example uses; default all (fixed-length answers)."""
         return torch.ones(tokens.shape[0], len(self.answer_positions), dtype=torch.bool)
+
+    def generation_metrics(
+        self, prompt: Int[torch.Tensor, "batch prompt"], answer: Int[torch.Tensor, "batch answer"]
+    ) -> dict[str, float]:
+        """Scores of freely generated answers beyond exact match (e.g. a maze path's validity);
+        default none. ``answer`` holds the tokens a model produced after each prompt."""
+        del prompt, answer
+        return {}
 
     def token_groups(self, tokens: Tokens) -> dict[str, Bool[torch.Tensor, "batch answer"]]:
         """Named masks over answer tokens (e.g. the sub-task each digit needs); default none."""

@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -56,6 +57,7 @@ class MazeTask(Task):
     """Solve n×n lattice mazes (n = 2…20) from maze-dataset's AOTP prompt."""
 
     name: ClassVar[str] = "maze"
+    generation_metric_names: ClassVar[tuple[str, ...]] = ("exact_path", "valid_path", "target_reached")
 
     def __init__(self, grid: int = 5, generator: str = "dfs") -> None:
         """
@@ -150,6 +152,40 @@ class MazeTask(Task):
             path = solve(maze, origin, target).path
             rows.append(self._layout([*words, *(coord_token(c) for c in path), PATH_END]))
         return torch.tensor(rows, dtype=torch.int64).reshape(len(rows), self.seq_len)
+
+    def generation_metrics(
+        self, prompt: Int[torch.Tensor, "batch prompt"], answer: Int[torch.Tensor, "batch answer"]
+    ) -> dict[str, float]:
+        """Of the generated paths: the fraction equal to the shortest path (``exact_path``), the
+        fraction that are walks from the origin through open walls ending in ``<PATH_END>``
+        (``valid_path``), and the fraction of valid paths that end on the target
+        (``target_reached``, counted over all prompts)."""
+        exact = valid = reached = 0
+        for row_prompt, row_answer in zip(prompt, answer, strict=True):
+            words = [w for w in self.decode(row_prompt).split() if w != PADDING]
+            maze, origin, target = prompt_from_tokens(words, self.grid)
+            truth = solve(maze, origin, target).path
+            generated = self.decode(row_answer).split()
+            if PATH_END not in generated:
+                continue
+            cells = generated[: generated.index(PATH_END)]
+            path = [self._cell(w) for w in cells]
+            if not path or None in path or path[0] != origin:
+                continue
+            steps_ok = all(maze.connected(a, b) for a, b in itertools.pairwise(path))
+            if not steps_ok:
+                continue
+            valid += 1
+            reached += path[-1] == target
+            exact += tuple(path) == truth
+        n = max(1, prompt.shape[0])
+        return {"exact_path": exact / n, "valid_path": valid / n, "target_reached": reached / n}
+
+    def _cell(self, word: str) -> tuple[int, int] | None:
+        if not (word.startswith("(") and word.endswith(")")):
+            return None
+        r, _, c = word[1:-1].partition(",")
+        return (int(r), int(c)) if r.isdigit() and c.isdigit() else None
 
     # -- mazes ------------------------------------------------------------------------------------
 
