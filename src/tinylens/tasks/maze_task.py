@@ -46,6 +46,7 @@ from tinylens.tasks.maze_tokens import (
     coord_token,
     coord_tokens,
     from_tokens,
+    parse_coord,
     prompt_from_tokens,
 )
 
@@ -169,7 +170,7 @@ class MazeTask(Task):
             if PATH_END not in generated:
                 continue
             cells = generated[: generated.index(PATH_END)]
-            path = [self._cell(w) for w in cells]
+            path = [parse_coord(w) for w in cells]
             if not path or None in path or path[0] != origin:
                 continue
             steps_ok = all(maze.connected(a, b) for a, b in itertools.pairwise(path))
@@ -180,12 +181,6 @@ class MazeTask(Task):
             exact += tuple(path) == truth
         n = max(1, prompt.shape[0])
         return {"exact_path": exact / n, "valid_path": valid / n, "target_reached": reached / n}
-
-    def _cell(self, word: str) -> tuple[int, int] | None:
-        if not (word.startswith("(") and word.endswith(")")):
-            return None
-        r, _, c = word[1:-1].partition(",")
-        return (int(r), int(c)) if r.isdigit() and c.isdigit() else None
 
     # -- mazes ------------------------------------------------------------------------------------
 

@@ -37,6 +37,12 @@ SPECIAL_TOKENS = (
 _COORD = re.compile(r"^\((\d+),(\d+)\)$")
 
 
+def parse_coord(token: str) -> Coord | None:
+    """``"(r,c)"`` → (r, c); None if the token is not a coordinate."""
+    match = _COORD.match(token)
+    return None if match is None else (int(match.group(1)), int(match.group(2)))
+
+
 def coord_token(cell: Coord) -> str:
     return f"({cell[0]},{cell[1]})"
 
@@ -159,11 +165,10 @@ class _Reader:
 
     def coord(self) -> Coord:
         token = self.take()
-        match = _COORD.match(token)
-        if match is None:
+        cell = parse_coord(token)
+        if cell is None:
             kind = "special token" if token in SPECIAL_TOKENS else "unknown token"
             raise self.error(f"expected a coordinate like (0,1), found {kind} {token!r}", self.pos - 1)
-        cell = (int(match.group(1)), int(match.group(2)))
         if not (cell[0] < self.n and cell[1] < self.n):
             raise self.error(f"coordinate {token} is off the {self.n}×{self.n} grid", self.pos - 1)
         return cell
