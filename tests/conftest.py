@@ -1,4 +1,4 @@
-"""Shared fixtures: offline Hugging Face, a trained tiny run, a tiny addition study."""
+"""Shared fixtures: offline Hugging Face, a trained tiny run, tiny addition and maze studies."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from tinylens.runs import train
 from tinylens.store import Run, Workspace
 from tinylens.studies.addition import run_addition_study
+from tinylens.studies.maze import run_maze_study
 
 from .helpers import run_cfg
 
@@ -29,3 +30,9 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
 def study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The addition study's run folder, made once with the tiny preset (seconds)."""
     return run_addition_study(Workspace(tmp_path_factory.mktemp("study")), "tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def maze_study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The maze study's run folder, made once with the tiny preset (3×3 mazes, seconds)."""
+    return run_maze_study(Workspace(tmp_path_factory.mktemp("maze-study")), "tiny", progress=False)

@@ -49,7 +49,8 @@ def train(
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     name: Annotated[str | None, typer.Option(help="Run name (default: from the config).")] = None,
     config: Annotated[
-        Path | None, typer.Option(help="TOML/JSON file overriding [task], [model], [train].")
+        Path | None,
+        typer.Option(help="TOML/JSON file overriding fields by section: task, model, train."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -137,8 +138,10 @@ def predict(
 
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="Study to run: addition.")],
-    preset: Annotated[str, typer.Option(help="quick (CPU, minutes) or paper.")] = "quick",
+    name: Annotated[str, typer.Argument(help="Study to run: addition, maze.")],
+    preset: Annotated[
+        str, typer.Option(help="quick (CPU, minutes), paper (GPU-sized) or tiny (a smoke run).")
+    ] = "quick",
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:

@@ -102,6 +102,9 @@ class Preset:
     """Key of :data:`tinylens.model.MODEL_PRESETS`."""
     train: TrainConfig
     description: str
+    per_task: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Task name → ``{"task"|"model"|"train": {field: value}}`` applied for that task (a user's
+    overrides still win): the same preset name then means a recipe that works for each task."""
 
 
 PRESETS: dict[str, Preset] = {
@@ -217,8 +220,13 @@ def make_run_config(
         raise unknown_name("preset", preset, PRESETS)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    overrides = overrides or {}
     chosen = PRESETS[preset]
+    recipe = chosen.per_task.get(task, {})
+    overrides = overrides or {}
+    overrides = {
+        section: {**recipe.get(section, {}), **overrides.get(section, {})}
+        for section in {*recipe, *overrides}
+    }
     task_obj = make_task(task, overrides.get("task"))
     base_model = model_preset(chosen.model)
     model_fields = {f.name for f in fields(ModelConfig)} - {"d_vocab", "n_ctx"}

@@ -51,7 +51,11 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def test_report_opens_with_every_figure(browser: webdriver.Chrome, study_run: Run) -> None:
+@pytest.mark.parametrize(("fixture", "n_claims"), [("study_run", 7), ("maze_study_run", 5)])
+def test_report_opens_with_every_figure(
+    browser: webdriver.Chrome, request: pytest.FixtureRequest, fixture: str, n_claims: int
+) -> None:
+    study_run: Run = request.getfixturevalue(fixture)
     browser.get((study_run.path / "report.html").resolve().as_uri())
     n_figures = len(list((study_run.path / "figures").glob("*.png")))
     images = browser.execute_script("return document.images.length")
@@ -62,6 +66,6 @@ def test_report_opens_with_every_figure(browser: webdriver.Chrome, study_run: Ru
     headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
     assert headings[0] == "Claims"
     claim_rows = browser.find_elements(By.CSS_SELECTOR, "table:first-of-type tbody tr")
-    assert len(claim_rows) == 7
+    assert len(claim_rows) == n_claims
     verdicts = {row.find_elements(By.TAG_NAME, "td")[3].text for row in claim_rows}
     assert verdicts <= {"holds", "does not hold"}

@@ -18,7 +18,9 @@ from tinylens.evaluation import evaluate_logits
 from tinylens.runs import train
 from tinylens.store import Workspace
 from tinylens.tasks import MazeTask, make_task
-from tinylens.tasks.maze_tokens import PADDING, PATH_END, PATH_START
+from tinylens.tasks.maze import wall_list
+from tinylens.tasks.maze_task import is_held_out
+from tinylens.tasks.maze_tokens import PADDING, PATH_END, PATH_START, coord_token, parse_coord
 
 
 @pytest.mark.parametrize("generator", ["dfs", "wilson", "kruskal", "percolation"])
@@ -120,3 +122,81 @@ def test_generation_metrics_judge_paths() -> None:
     }
     garbage = torch.full_like(answer, task.vocab.index("(3,3)"))
     assert task.generation_metrics(prompt, garbage)["valid_path"] == 0.0
+
+
+def problem_key(task: MazeTask, row: torch.Tensor) -> tuple:
+    solved = task.solved_maze(row)
+    return (solved.maze.down.tobytes(), solved.maze.right.tobytes(), solved.origin, solved.target)
+
+
+def test_held_out_mazes_never_appear_in_training() -> None:
+    # 3×3 has ~6,000 problems, so 2,000 training draws would hit many held-out ones by chance
+    task = MazeTask(grid=3)
+    train_keys = {problem_key(task, r) for r in task.sample(2000, torch.Generator(), train=True)}
+    eval_rows = task.sample(300, torch.Generator().manual_seed(1))
+    eval_keys = {problem_key(task, r) for r in eval_rows}
+    assert len(eval_keys) > 50
+    assert not train_keys & eval_keys
+    assert all(is_held_out(task.solved_maze(r)) for r in eval_rows)
+
+
+def test_connection_labels_follow_the_wall_list() -> None:
+    task = MazeTask(grid=4)
+    tokens = task.sample(5, torch.Generator().manual_seed(2))
+    labels = task.connection_labels(tokens)
+    assert labels.shape == (5, 24) and labels.dtype == torch.bool
+    for row, lab in zip(tokens, labels, strict=True):
+        maze = task.solved_maze(row).maze
+        expected = [maze.connected(a, b) for a, b in wall_list(4)]
+        assert lab.tolist() == expected
+        assert int(lab.sum()) == 15  # a spanning tree of 16 cells
+
+
+@pytest.mark.parametrize("grid", [2, 3, 5])
+def test_next_steps_match_a_brute_force_reading(grid: int) -> None:
+    task = MazeTask(grid=grid)
+    tokens = task.sample(12, torch.Generator().manual_seed(grid))
+    steps = task.next_steps(tokens)
+    words = [task.decode(row).split() for row in tokens]
+    for b, row_words in enumerate(words):
+        solved = task.solved_maze(tokens[b])
+        queries = [task.prompt_len + k for k in range(len(solved.path) - 1)]
+        assert steps.query[b].nonzero().flatten().tolist() == queries
+        in_adjlist = range(row_words.index("<ADJLIST_START>") + 1, row_words.index("<ADJLIST_END>"))
+        for k, q in enumerate(queries):
+            here = solved.path[k]
+            assert parse_coord(row_words[q]) == here
+            joined = set(solved.maze.neighbours(here))
+            beside = {
+                (here[0] + dr, here[1] + dc)
+                for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                if 0 <= here[0] + dr < grid and 0 <= here[1] + dc < grid
+            } - joined
+            cell_at = {p: parse_coord(row_words[p]) for p in in_adjlist}
+            valid = [p for p in in_adjlist if cell_at[p] in joined]
+            invalid = [p for p in in_adjlist if cell_at[p] in beside]
+            assert steps.valid_keys[b, q].nonzero().flatten().tolist() == valid
+            assert steps.invalid_keys[b, q].nonzero().flatten().tolist() == invalid
+            allowed = {task.vocab[v] for v in steps.allowed[b, q].nonzero().flatten()}
+            assert allowed == {coord_token(c) for c in joined}
+            assert coord_token(solved.path[k + 1]) in allowed
+        assert not steps.valid_keys[b, ~steps.query[b]].any()
+
+
+def test_long_path_enrichment_lengthens_training_paths_only() -> None:
+    plain, enriched = MazeTask(grid=4), MazeTask(grid=4, long_path_frac=1.0)
+    gen = torch.Generator
+    lengths = {
+        "plain": plain.answer_valid(plain.sample(400, gen().manual_seed(0), train=True)).sum(1),
+        "enriched": enriched.answer_valid(enriched.sample(400, gen().manual_seed(0), train=True)).sum(1),
+    }
+    assert lengths["enriched"].float().mean() > lengths["plain"].float().mean() + 1.5
+    # held-out problems stay uniform pairs: the option does not touch them
+    assert torch.equal(plain.sample(50, gen().manual_seed(3)), enriched.sample(50, gen().manual_seed(3)))
+    assert enriched.options()["long_path_frac"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_long_path_frac_must_be_a_share(bad: object) -> None:
+    with pytest.raises(ConfigError, match="long_path_frac"):
+        MazeTask(grid=4, long_path_frac=bad)  # type: ignore[arg-type]

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from tinylens.errors import unknown_name
 from tinylens.store import Run, Workspace
 from tinylens.studies.addition import run_addition_study
+from tinylens.studies.maze import run_maze_study
 
 StudyFn = Callable[..., Run]
 """``fn(workspace, preset, *, progress) -> the study's run`` (its folder holds report.html)."""
 
-STUDIES: dict[str, StudyFn] = {"addition": run_addition_study}
+STUDIES: dict[str, StudyFn] = {"addition": run_addition_study, "maze": run_maze_study}
 """Registry: study name → its pipeline."""
 
 

@@ -19,8 +19,10 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, no_type_check
 
 import numpy as np
 import torch
@@ -33,11 +35,15 @@ from tinylens.tasks.maze import (
     MAX_GRID,
     MIN_GRID,
     SolvedMaze,
+    connection_labels,
     generate,
     random_solved,
     solve,
+    wall_list,
 )
 from tinylens.tasks.maze_tokens import (
+    ADJLIST_END,
+    ADJLIST_START,
     PADDING,
     PATH_END,
     PATH_START,
@@ -54,24 +60,66 @@ TREE_GENERATORS = ("dfs", "wilson", "kruskal")
 """Generators whose mazes are spanning trees (n² − 1 open walls)."""
 
 
+@dataclass(frozen=True)
+class NextSteps:
+    """Per sequence, where the path's next step is chosen and what the prompt says about it."""
+
+    query: Bool[torch.Tensor, "batch pos"]
+    """Positions holding a path cell that is not the target (the next token is a cell)."""
+    valid_keys: Bool[torch.Tensor, "batch query key"]
+    """Adjacency-list positions naming a cell joined to the query's cell by an open wall."""
+    invalid_keys: Bool[torch.Tensor, "batch query key"]
+    """Adjacency-list positions naming a lattice neighbour of the query's cell behind a wall."""
+    allowed: Bool[torch.Tensor, "batch query vocab"]
+    """Tokens that would be a legal next step (a cell joined to the query's cell)."""
+
+
+LONG_PATH_DRAWS = 4
+"""Random (origin, target) pairs a long-path training problem picks the longest of."""
+
+HELD_OUT_SHARE = 16
+"""One in this many (maze, origin, target) problems is held out: never drawn for training."""
+
+
+def is_held_out(solved: SolvedMaze) -> bool:
+    """Whether a problem belongs to the held-out split: a fixed hash of its walls, origin and
+    target (not of the token order, which is shuffled), so the split is the same in every run."""
+    maze = solved.maze
+    key = b"".join((maze.down.tobytes(), maze.right.tobytes(), bytes([*solved.origin, *solved.target])))
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return int.from_bytes(digest, "little") % HELD_OUT_SHARE == 0
+
+
 class MazeTask(Task):
     """Solve n×n lattice mazes (n = 2…20) from maze-dataset's AOTP prompt."""
 
     name: ClassVar[str] = "maze"
     generation_metric_names: ClassVar[tuple[str, ...]] = ("exact_path", "valid_path", "target_reached")
 
-    def __init__(self, grid: int = 5, generator: str = "dfs") -> None:
+    # Options arrive from config files: validated here with our own errors, which a runtime type
+    # checker (the test suite's jaxtyping hook) would pre-empt with its own.
+    @no_type_check
+    def __init__(self, grid: int = 5, generator: str = "dfs", long_path_frac: float = 0.0) -> None:
         """
         Args:
             grid: the side n of the n×n maze.
             generator: ``dfs`` (default), ``wilson``, ``kruskal`` or ``percolation``.
+            long_path_frac: share of training problems whose origin and target are the farthest
+                apart of :data:`LONG_PATH_DRAWS` random pairs in their maze (held-out problems are
+                always uniform pairs). Uniform pairs are mostly short paths toward the target,
+                which a "walk toward the target" guess solves; long ones force reading the walls.
         """
         if isinstance(grid, bool) or not isinstance(grid, int) or not MIN_GRID <= grid <= MAX_GRID:
             raise ConfigError(f"maze grid must be an integer {MIN_GRID}–{MAX_GRID}, got {grid!r}")
         if generator not in GENERATORS:
             raise unknown_name("maze generator", generator, GENERATORS)
+        if isinstance(long_path_frac, bool) or not isinstance(long_path_frac, int | float):
+            raise ConfigError(f"long_path_frac must be a number 0–1, got {long_path_frac!r}")
+        if not 0.0 <= long_path_frac <= 1.0:
+            raise ConfigError(f"long_path_frac must be between 0 and 1, got {long_path_frac}")
         self.grid = grid
         self.generator = generator
+        self.long_path_frac = float(long_path_frac)
         self._vocab = (*SPECIAL_TOKENS, *coord_tokens(grid))
         self._ids = {token: i for i, token in enumerate(self._vocab)}
         n = grid
@@ -99,17 +147,26 @@ class MazeTask(Task):
         return tuple(f"P{k}" for k in range(len(self._answer_positions)))
 
     def options(self) -> dict[str, Any]:
-        return {"grid": self.grid, "generator": self.generator}
+        return {"grid": self.grid, "generator": self.generator, "long_path_frac": self.long_path_frac}
 
     def sample(self, n: int, generator: torch.Generator, *, train: bool = False) -> Tokens:
-        """``n`` random mazes with two distinct random cells as origin and target."""
-        del train  # no enrichment for mazes
+        """``n`` random mazes with two distinct random cells as origin and target.
+
+        Training draws (``train=True``) come only from the training split and all others only from
+        the held-out split (see :func:`is_held_out`), so a maze scored as held out was never trained
+        on, whatever the seeds.
+        """
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         rng = np.random.default_rng(seed)
-        rows = [
-            self._layout(as_tokens(random_solved(generate(self.generator, self.grid, rng), rng), rng))
-            for _ in range(n)
-        ]
+        rows = []
+        while len(rows) < n:
+            maze = generate(self.generator, self.grid, rng)
+            solved = random_solved(maze, rng)
+            if train and self.long_path_frac > 0 and rng.random() < self.long_path_frac:
+                draws = [solved, *(random_solved(maze, rng) for _ in range(LONG_PATH_DRAWS - 1))]
+                solved = max(draws, key=lambda s: len(s.path))
+            if is_held_out(solved) != train:
+                rows.append(self._layout(as_tokens(solved, rng)))
         return torch.tensor(rows, dtype=torch.int64).reshape(n, self.seq_len)
 
     def answer_valid(self, tokens: Tokens) -> Bool[torch.Tensor, "batch answer"]:
@@ -183,6 +240,58 @@ class MazeTask(Task):
         return {"exact_path": exact / n, "valid_path": valid / n, "target_reached": reached / n}
 
     # -- mazes ------------------------------------------------------------------------------------
+
+    def connection_labels(self, tokens: Tokens) -> Bool[torch.Tensor, "batch wall"]:
+        """Each sequence's open/closed walls in :func:`~tinylens.tasks.maze.wall_list` order: the
+        targets of a connection probe."""
+        return torch.from_numpy(
+            np.stack([connection_labels(self.solved_maze(row).maze) for row in tokens])
+        )
+
+    def next_steps(self, tokens: Tokens) -> NextSteps:
+        """Where the path's next step is decided, and which tokens name valid and invalid steps.
+
+        Queries are the path positions whose cell is not yet the target (the model predicts a cell
+        there). For a query on cell c, "valid" adjacency-list tokens name a cell joined to c by an
+        open wall, "invalid" ones a lattice neighbour of c behind a closed wall.
+        """
+        n_cells = self.grid**2
+        first_cell = len(SPECIAL_TOKENS)
+        cell = torch.where(tokens >= first_cell, tokens - first_cell, -1)  # [batch, pos]
+        ids = self._ids
+        in_adjlist = (tokens == ids[ADJLIST_START]).cumsum(1) - (tokens == ids[ADJLIST_END]).cumsum(1)
+        in_adjlist = (in_adjlist > 0) & (cell >= 0)
+
+        batch, seq = tokens.shape
+        open_ = torch.zeros(batch, n_cells, n_cells, dtype=torch.bool)  # [batch, cell, cell]
+        for b, row in enumerate(tokens):
+            for a, c in self.solved_maze(row).maze.connections():
+                i, j = a[0] * self.grid + a[1], c[0] * self.grid + c[1]
+                open_[b, i, j] = open_[b, j, i] = True
+        lattice = torch.zeros(n_cells, n_cells, dtype=torch.bool)
+        for a, c in wall_list(self.grid):
+            i, j = a[0] * self.grid + a[1], c[0] * self.grid + c[1]
+            lattice[i, j] = lattice[j, i] = True
+
+        query = torch.zeros(batch, seq, dtype=torch.bool)
+        query[:, self._prompt_len : -1] = (cell[:, self._prompt_len : -1] >= 0) & (
+            cell[:, self._prompt_len + 1 :] >= 0
+        )
+        here = cell.clamp_min(0)  # [batch, pos]; only read where query holds
+        # joined[b, q, k]: the cell at k is joined to the cell at q by an open wall
+        joined = open_.gather(1, here[:, :, None].expand(-1, -1, n_cells))  # [batch, q, cell]
+        key_cell = here[:, None, :].expand(-1, seq, -1)  # [batch, q, k]
+        joined_k = joined.gather(2, key_cell)
+        beside_k = lattice[here].gather(2, key_cell)  # lattice neighbours, [batch, q, k]
+        keys = query[:, :, None] & in_adjlist[:, None, :]
+        allowed = torch.zeros(batch, seq, len(self._vocab), dtype=torch.bool)
+        allowed[:, :, first_cell:] = joined & query[:, :, None]
+        return NextSteps(
+            query=query,
+            valid_keys=keys & joined_k,
+            invalid_keys=keys & beside_k & ~joined_k,
+            allowed=allowed,
+        )
 
     def solved_maze(self, tokens: Int[torch.Tensor, " pos"]) -> SolvedMaze:
         """The maze and path one full sequence describes (padding dropped, path checked)."""
