@@ -1,11 +1,12 @@
 """Training throughput of a preset beside this machine's fp32 matmul peak, in one process.
 
 Prints tokens/s, steps/s and achieved GFLOP/s of tinylens's training step (the Trainer's own
-`train_step`: fresh batch, bridge forward with hooks, answer-only loss, backward, clip, AdamW), then
-two anchors measured here and now: the same model's bare PyTorch module trained with a minimal loop
-(the cost of tinylens's bookkeeping and the bridge), and the best square fp32 matmul (the ceiling).
+`train_step`: fresh batch, bridge forward with hooks, answer-only loss, backward, clip, AdamW), the
+same step in the other precision (fp32 vs bf16 autocast), then two anchors measured here and now:
+the same model's bare PyTorch module trained with a minimal loop (the cost of tinylens's bookkeeping
+and the bridge), and the best square fp32 matmul (the ceiling).
 
-    python benchmarks/train_speed.py [--preset cpu] [--steps 60]
+    python benchmarks/train_speed.py [--task addition|maze] [--preset cpu] [--steps 60]
 """
 
 from __future__ import annotations
@@ -56,15 +57,20 @@ def time_steps(step: Callable[[], None], steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="addition")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
 
-    cfg = make_run_config("addition", args.preset)
+    cfg = make_run_config(args.task, args.preset)
+    other = "bf16" if cfg.train.precision == "fp32" else "fp32"
+    other_cfg = make_run_config(args.task, args.preset, overrides={"train": {"precision": other}})
     with tempfile.TemporaryDirectory() as tmp:
         run = Workspace(tmp).create_run("bench", cfg.to_dict(), kind="train")
         trainer = Trainer(run, cfg, progress=False)
         ours = time_steps(trainer.train_step, args.steps)
+        other_run = Workspace(tmp).create_run("bench-other", other_cfg.to_dict(), kind="train")
+        other_time = time_steps(Trainer(other_run, other_cfg, progress=False).train_step, args.steps)
 
         # Anchor: the bare native module under a minimal loop, same batch size and loss.
         bare = trainer.model.original_model
@@ -84,13 +90,20 @@ def main() -> None:
 
     tokens = cfg.train.batch_size * task.seq_len
     flops = train_flops_per_token(cfg.model) * tokens
-    print(f"preset {args.preset}: {cfg.model}")
+    print(f"task {args.task}, preset {args.preset}: {cfg.model}")
     print(f"batch {cfg.train.batch_size} × {task.seq_len} tokens, {torch.get_num_threads()} threads")
-    print(f"{'':28}{'steps/s':>10}{'tokens/s':>12}{'GFLOP/s':>10}")
-    for label, t in (("tinylens Trainer.train_step", ours), ("bare module, minimal loop", anchor)):
-        print(f"{label:28}{1 / t:10.1f}{tokens / t:12,.0f}{flops / t / 1e9:10.1f}")
-    print(f"{'fp32 matmul peak':28}{'':22}{peak:10.1f}")
-    print(f"ratio ours / bare loop:      {anchor / ours:.2f}")
+    print(f"{'':34}{'steps/s':>10}{'tokens/s':>12}{'GFLOP/s':>10}")
+    rows = (
+        (f"tinylens train_step ({cfg.train.precision})", ours),
+        (f"tinylens train_step ({other})", other_time),
+        ("bare module, minimal loop (fp32)", anchor),
+    )
+    for label, t in rows:
+        print(f"{label:34}{1 / t:10.1f}{tokens / t:12,.0f}{flops / t / 1e9:10.1f}")
+    print(f"{'fp32 matmul peak':34}{'':22}{peak:10.1f}")
+    fp32_time, bf16_time = (ours, other_time) if other == "bf16" else (other_time, ours)
+    print(f"ratio bf16 / fp32 steps/s:   {fp32_time / bf16_time:.2f}")
+    print(f"ratio ours / bare loop:      {anchor / ours:.2f}  (bare loop is fp32)")
     print(f"ratio ours / matmul peak:    {flops / ours / 1e9 / peak:.3f}")
 
 

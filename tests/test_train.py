@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from tinylens.config import TrainConfig, make_run_config
+from tinylens.errors import ConfigError
 from tinylens.runs import resume, train
 from tinylens.store import Workspace
 from tinylens.train import Trainer, checkpoint_steps, lr_at
@@ -98,10 +99,12 @@ def _saved_step(workspace: Path, run: str) -> int:
         return -1
 
 
-def _interrupt_mid_run(tmp_path: Path, sig: signal.Signals) -> tuple[Path, str, Path]:
+def _interrupt_mid_run(
+    tmp_path: Path, sig: signal.Signals, train_overrides: dict | None = None
+) -> tuple[Path, str, Path]:
     overrides = tmp_path / "long.json"
-    overrides.write_text(json.dumps({"train": LONG}))
-    cfg = make_run_config("addition", "tiny", overrides={"train": LONG})
+    overrides.write_text(json.dumps({"train": train_overrides or LONG}))
+    cfg = make_run_config("addition", "tiny", overrides={"train": train_overrides or LONG})
     workspace, run = tmp_path / "killed", cfg.default_name()
     proc = _start_cli_run(workspace, overrides)
     deadline = time.monotonic() + 120
@@ -117,13 +120,15 @@ def _interrupt_mid_run(tmp_path: Path, sig: signal.Signals) -> tuple[Path, str, 
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_bit_identical(tmp_path: Path) -> None:
-    workspace, run, _ = _interrupt_mid_run(tmp_path, signal.SIGKILL)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkilled_run_resumes_bit_identical(tmp_path: Path, precision: str) -> None:
+    overrides = {**LONG, "precision": precision}
+    workspace, run, _ = _interrupt_mid_run(tmp_path, signal.SIGKILL, overrides)
     assert Workspace(workspace).info(run).status == "running"  # killed: nobody updated it
     resumed = resume(Workspace(workspace), run, progress=False)
     assert resumed.status == "done" and resumed.step == LONG["steps"]
 
-    cfg = make_run_config("addition", "tiny", overrides={"train": LONG})
+    cfg = make_run_config("addition", "tiny", overrides={"train": overrides})
     straight = train(Workspace(tmp_path / "straight"), cfg, progress=False)
     assert_same_weights(weights(workspace, run), weights(tmp_path / "straight", straight.run))
     assert all_metrics(workspace, run) == all_metrics(tmp_path / "straight", straight.run)
@@ -141,6 +146,21 @@ def test_ctrl_c_saves_and_resumes_bit_identical(tmp_path: Path) -> None:
     straight = train(Workspace(tmp_path / "straight"), cfg, progress=False)
     assert_same_weights(weights(workspace, run), weights(tmp_path / "straight", straight.run))
     assert all_metrics(workspace, run) == all_metrics(tmp_path / "straight", straight.run)
+
+
+def test_bf16_training_learns_and_differs_from_fp32(tmp_path: Path) -> None:
+    fp32 = train(Workspace(tmp_path / "a"), run_cfg(steps=60), progress=False)
+    bf16 = train(Workspace(tmp_path / "b"), run_cfg(steps=60, precision="bf16"), progress=False)
+    losses = Workspace(tmp_path / "b").run(bf16.run).metrics()["train/loss"].values
+    assert losses[-1] < 0.8 * losses[0]
+    a, b = weights(tmp_path / "a", fp32.run), weights(tmp_path / "b", bf16.run)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # autocast really ran
+    assert all(v.dtype == torch.float32 for v in b.values())  # master weights stay fp32
+
+
+def test_unknown_precision_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="precision 'fp16' is not one of"):
+        TrainConfig(precision="fp16")
 
 
 def test_lr_schedule() -> None:

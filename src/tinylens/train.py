@@ -154,7 +154,10 @@ class Trainer:
             group["lr"] = lr_at(self.step, tc)
         self.model.train()
         batch = self.task.sample(tc.batch_size, self.data_rng, train=True)
-        token_loss = answer_loss(self.model(batch), batch, self.task)  # [batch, answer]
+        device = next(self.model.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            logits = self.model(batch)
+        token_loss = answer_loss(logits.float(), batch, self.task)  # [batch, answer]
         valid = self.task.answer_valid(batch)  # [batch, answer]; all True for fixed-length answers
         loss = masked_mean(token_loss, valid)
         self.optimizer.zero_grad(set_to_none=True)

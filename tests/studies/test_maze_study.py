@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tinylens.errors import UnknownNameError
 from tinylens.store import Run
 from tinylens.studies.maze import check_claims, study_config
+from tinylens.studies.maze_analyses import _layer_matched
 from tinylens.tasks.maze_task import MazeTask
 
 RESULTS = ["path_accuracy", "probes", "probe_over_training", "embedding_geometry", "adjacency_heads"]
@@ -75,3 +77,14 @@ def test_claim_rules_follow_the_numbers(maze_study_run: Run) -> None:
 def test_unknown_preset_is_a_clear_error() -> None:
     with pytest.raises(UnknownNameError, match="maze study preset"):
         study_config("huge")
+
+
+def test_ablation_controls_come_from_the_same_layers() -> None:
+    order = [(layer, head) for layer in range(3) for head in range(4)]
+    top = [(0, 1), (2, 3)]
+    for seed in range(20):
+        picked = _layer_matched(top, order, random.Random(seed))
+        assert [h[0] for h in picked] == [0, 2]
+        assert not set(picked) & set(top) and len(set(picked)) == 2
+    # a layer with no other head: fall back to any other head
+    assert _layer_matched([(0, 0)], [(0, 0), (1, 0)], random.Random(0)) == [(1, 0)]

@@ -181,22 +181,3 @@ def test_next_steps_match_a_brute_force_reading(grid: int) -> None:
             assert allowed == {coord_token(c) for c in joined}
             assert coord_token(solved.path[k + 1]) in allowed
         assert not steps.valid_keys[b, ~steps.query[b]].any()
-
-
-def test_long_path_enrichment_lengthens_training_paths_only() -> None:
-    plain, enriched = MazeTask(grid=4), MazeTask(grid=4, long_path_frac=1.0)
-    gen = torch.Generator
-    lengths = {
-        "plain": plain.answer_valid(plain.sample(400, gen().manual_seed(0), train=True)).sum(1),
-        "enriched": enriched.answer_valid(enriched.sample(400, gen().manual_seed(0), train=True)).sum(1),
-    }
-    assert lengths["enriched"].float().mean() > lengths["plain"].float().mean() + 1.5
-    # held-out problems stay uniform pairs: the option does not touch them
-    assert torch.equal(plain.sample(50, gen().manual_seed(3)), enriched.sample(50, gen().manual_seed(3)))
-    assert enriched.options()["long_path_frac"] == 1.0
-
-
-@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
-def test_long_path_frac_must_be_a_share(bad: object) -> None:
-    with pytest.raises(ConfigError, match="long_path_frac"):
-        MazeTask(grid=4, long_path_frac=bad)  # type: ignore[arg-type]

@@ -243,18 +243,18 @@ def check_claims(task: MazeTask, results: dict[str, Any]) -> list[Claim]:
     iv = heads["invalid_per_key"][top_layer][top_head]
     clean = heads["clean"]["valid_next_step"]
     drop_top = clean - heads["top_ablated"]["valid_next_step"]
-    drop_random = clean - heads["random_ablated"]["valid_next_step"]
+    drop_control = clean - heads["control_ablated"]["valid_next_step"]
     claims.append(
         Claim(
             "Adjacency heads attend from the current cell to its valid neighbours",
             "some heads attend to the adjacency-list tokens of open neighbours",
             f"top head L{top_layer}H{top_head}: attention per token {v:.3f} on valid next cells vs "
             f"{iv:.3f} on walled-off neighbours; ablating the top {heads['top_k']} drops valid "
-            f"next steps by {drop_top:.1%} (random heads: {drop_random:.1%})",
-            v >= 2 * iv and drop_top - drop_random >= 0.1,
+            f"next steps by {drop_top:.1%} (other heads of the same layers: {drop_control:.1%})",
+            v >= 2 * iv and drop_top - drop_control >= 0.1,
             "the top head's attention per token on valid next cells ≥ 2× that on walled-off "
             "neighbours, and ablating the top heads costs ≥ 10 points more valid next steps than "
-            "ablating as many random other heads",
+            "ablating as many other heads of the same layers",
         )
     )
     return claims

@@ -128,6 +128,20 @@ def probe_over_training(
     return {"steps": steps, "probe_accuracy": probe_acc, "path_accuracy": path_acc}
 
 
+def _layer_matched(
+    top: list[tuple[int, int]], order: list[tuple[int, int]], rng: random.Random
+) -> list[tuple[int, int]]:
+    """For each top head, a random head of the same layer outside the top (any layer if none)."""
+    rest = [h for h in order if h not in top]
+    picked: list[tuple[int, int]] = []
+    for layer, _ in top:
+        pool = [h for h in rest if h[0] == layer and h not in picked] or [
+            h for h in rest if h not in picked
+        ]
+        picked.append(rng.choice(pool))
+    return picked
+
+
 def coordinate_geometry(model: HookedModel, untrained: HookedModel, task: MazeTask) -> dict[str, Any]:
     """PCA of the coordinate-token embeddings and how their distances track lattice distance."""
     names = coord_tokens(task.grid)
@@ -150,7 +164,8 @@ def adjacency_heads(
 ) -> dict[str, Any]:
     """Score heads by attention from the current path cell to tokens naming a legal next cell
     minus tokens naming a walled-off neighbour, per token (the two sets differ in size); ablate
-    the top heads and as many random others.
+    the top heads, and as a control as many random other heads from the same layers (early
+    heads matter more to everything, so a layer-blind control would flatter the top heads).
 
     The ablation measure is the share of path positions (teacher-forced) whose top prediction is a
     cell joined to the current one by an open wall ("valid next step"), and the share that is the
@@ -178,9 +193,8 @@ def adjacency_heads(
         }
 
     top_k = min(top_k, len(order) - 1)
-    rng = random.Random(seed)
-    rest = order[top_k:]
-    controls = [measure(rng.sample(rest, top_k)) for _ in range(3)]
+    top = order[:top_k]
+    controls = [measure(_layer_matched(top, order, random.Random(seed + k))) for k in range(3)]
     return {
         "valid_mass": mass["valid"].tolist(),
         "invalid_mass": mass["invalid"].tolist(),
@@ -191,7 +205,7 @@ def adjacency_heads(
         "order": [list(h) for h in order],
         "top_k": top_k,
         "clean": measure([]),
-        "top_ablated": measure(order[:top_k]),
-        "random_ablated": {key: sum(c[key] for c in controls) / len(controls) for key in controls[0]},
+        "top_ablated": measure(top),
+        "control_ablated": {key: sum(c[key] for c in controls) / len(controls) for key in controls[0]},
         "n_queries": n_queries,
     }

@@ -119,7 +119,7 @@ def head_figure(heads: dict[str, Any]) -> Figure:
     cases = {
         "clean": heads["clean"],
         f"top {heads['top_k']} ablated": heads["top_ablated"],
-        f"{heads['top_k']} random ablated": heads["random_ablated"],
+        f"{heads['top_k']} others, same layers": heads["control_ablated"],
     }
     width = 0.38
     for j, metric in enumerate(("valid_next_step", "correct_next_step")):
@@ -180,7 +180,8 @@ def sections(results: dict[str, Any], examples: dict[str, Any]) -> list[Section]
         Section(
             "Coordinate embeddings",
             "The embedding vectors of the coordinate tokens on their two leading principal "
-            "components; grey lines join lattice neighbours. Spearman correlation of pairwise "
+            "components, coloured by row; grey lines join lattice neighbours. Spearman correlation "
+            "of pairwise "
             "embedding distance with lattice (Manhattan) distance: trained "
             f"{geometry['trained']['spearman']:.3f}, random init "
             f"{geometry['random_init']['spearman']:.3f}.",
@@ -194,15 +195,15 @@ def sections(results: dict[str, Any], examples: dict[str, Any]) -> list[Section]
             f"{heads['keys_per_query']['valid']:.1f} and {heads['keys_per_query']['invalid']:.1f} "
             "such tokens per position, so the figure shows attention per token (uniform attention "
             f"would give both bars the same height). Heads are ranked by the difference; the top "
-            f"{heads['top_k']} are mean-ablated and compared with ablating as many random other "
-            "heads (mean of 3 draws).",
+            f"{heads['top_k']} are mean-ablated and compared with ablating as many other heads drawn "
+            "at random from the same layers (mean of 3 draws).",
             figures=[(head_figure(heads), "Adjacency heads")],
             tables=[
                 (
                     ["ablation", "valid next step", "correct next step"],
                     [
                         [k, _pct(heads[k]["valid_next_step"]), _pct(heads[k]["correct_next_step"])]
-                        for k in ("clean", "top_ablated", "random_ablated")
+                        for k in ("clean", "top_ablated", "control_ablated")
                     ],
                 )
             ],

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass
-from typing import Any, ClassVar, no_type_check
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,9 +74,6 @@ class NextSteps:
     """Tokens that would be a legal next step (a cell joined to the query's cell)."""
 
 
-LONG_PATH_DRAWS = 4
-"""Random (origin, target) pairs a long-path training problem picks the longest of."""
-
 HELD_OUT_SHARE = 16
 """One in this many (maze, origin, target) problems is held out: never drawn for training."""
 
@@ -96,30 +93,18 @@ class MazeTask(Task):
     name: ClassVar[str] = "maze"
     generation_metric_names: ClassVar[tuple[str, ...]] = ("exact_path", "valid_path", "target_reached")
 
-    # Options arrive from config files: validated here with our own errors, which a runtime type
-    # checker (the test suite's jaxtyping hook) would pre-empt with its own.
-    @no_type_check
-    def __init__(self, grid: int = 5, generator: str = "dfs", long_path_frac: float = 0.0) -> None:
+    def __init__(self, grid: int = 5, generator: str = "dfs") -> None:
         """
         Args:
             grid: the side n of the n×n maze.
             generator: ``dfs`` (default), ``wilson``, ``kruskal`` or ``percolation``.
-            long_path_frac: share of training problems whose origin and target are the farthest
-                apart of :data:`LONG_PATH_DRAWS` random pairs in their maze (held-out problems are
-                always uniform pairs). Uniform pairs are mostly short paths toward the target,
-                which a "walk toward the target" guess solves; long ones force reading the walls.
         """
         if isinstance(grid, bool) or not isinstance(grid, int) or not MIN_GRID <= grid <= MAX_GRID:
             raise ConfigError(f"maze grid must be an integer {MIN_GRID}–{MAX_GRID}, got {grid!r}")
         if generator not in GENERATORS:
             raise unknown_name("maze generator", generator, GENERATORS)
-        if isinstance(long_path_frac, bool) or not isinstance(long_path_frac, int | float):
-            raise ConfigError(f"long_path_frac must be a number 0–1, got {long_path_frac!r}")
-        if not 0.0 <= long_path_frac <= 1.0:
-            raise ConfigError(f"long_path_frac must be between 0 and 1, got {long_path_frac}")
         self.grid = grid
         self.generator = generator
-        self.long_path_frac = float(long_path_frac)
         self._vocab = (*SPECIAL_TOKENS, *coord_tokens(grid))
         self._ids = {token: i for i, token in enumerate(self._vocab)}
         n = grid
@@ -147,7 +132,7 @@ class MazeTask(Task):
         return tuple(f"P{k}" for k in range(len(self._answer_positions)))
 
     def options(self) -> dict[str, Any]:
-        return {"grid": self.grid, "generator": self.generator, "long_path_frac": self.long_path_frac}
+        return {"grid": self.grid, "generator": self.generator}
 
     def sample(self, n: int, generator: torch.Generator, *, train: bool = False) -> Tokens:
         """``n`` random mazes with two distinct random cells as origin and target.
@@ -160,11 +145,7 @@ class MazeTask(Task):
         rng = np.random.default_rng(seed)
         rows = []
         while len(rows) < n:
-            maze = generate(self.generator, self.grid, rng)
-            solved = random_solved(maze, rng)
-            if train and self.long_path_frac > 0 and rng.random() < self.long_path_frac:
-                draws = [solved, *(random_solved(maze, rng) for _ in range(LONG_PATH_DRAWS - 1))]
-                solved = max(draws, key=lambda s: len(s.path))
+            solved = random_solved(generate(self.generator, self.grid, rng), rng)
             if is_held_out(solved) != train:
                 rows.append(self._layout(as_tokens(solved, rng)))
         return torch.tensor(rows, dtype=torch.int64).reshape(n, self.seq_len)
