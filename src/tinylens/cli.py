@@ -164,7 +164,9 @@ def _print_eval(run: str, step: int, result: EvalResult) -> None:
     out.print(f"exact match {result.exact:.4%}   loss {result.loss:.4g}", highlight=False)
     table = Table("answer", "accuracy", "loss", "count", title="per answer position (teacher-forced)")
     for name, score in result.positions.items():
-        table.add_row(name, f"{score.acc:.4%}", f"{score.loss:.4g}", str(score.count))
+        acc = f"{score.acc:.4%}" if score.count else "-"  # a slot no question uses (short paths)
+        loss = f"{score.loss:.4g}" if score.count else "-"
+        table.add_row(name, acc, loss, str(score.count))
     out.print(table)
     if result.question_groups:
         table = Table("class", "questions", "exact match", "loss", title="per question class")

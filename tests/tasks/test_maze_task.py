@@ -98,6 +98,11 @@ def test_a_maze_model_trains(tmp_path: Path) -> None:
         main(["eval", result.run, "-w", str(tmp_path), "--n", "20", "--json"])
     generation = json.loads(printed.getvalue())["generation"]
     assert set(generation) == {"exact_path", "valid_path", "target_reached"}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        main(["eval", result.run, "-w", str(tmp_path), "--n", "5"])
+    text = printed.getvalue()
+    assert "exact path (greedy decoding)" in text
+    assert "nan" not in text  # slots no path reaches print "-"
     assert 0 <= generation["exact_path"] <= generation["target_reached"] <= generation["valid_path"] <= 1
 
 
