@@ -27,9 +27,10 @@ from tinylens import runs
 from tinylens.config import RunConfig, derive_seed, make_run_config
 from tinylens.errors import TinylensError, unknown_name
 from tinylens.evaluation import evaluate
-from tinylens.store import Run, Workspace, config_hash
+from tinylens.store import Run, Workspace
 from tinylens.studies import addition_analyses as an
 from tinylens.studies import addition_figures as figs
+from tinylens.studies.common import study_run
 from tinylens.studies.report import Claim, render_report
 from tinylens.tasks import AdditionTask
 
@@ -96,7 +97,7 @@ def run_addition_study(workspace: Workspace, preset: str = "quick", *, progress:
                 f"`tinylens resume {result.run}`, then run the study again"
             )
         trained[key] = runs.load_trained(workspace, result.run)
-    study = _study_run(workspace, cfg)
+    study = study_run(workspace, "addition", cfg.preset, cfg.to_dict())
     task = trained["1-layer"].task
     assert isinstance(task, AdditionTask)
     rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "addition-study"))
@@ -147,13 +148,6 @@ def run_addition_study(workspace: Workspace, preset: str = "quick", *, progress:
     study.write_report(html)
     study.set_status("done")
     return study
-
-
-def _study_run(workspace: Workspace, cfg: AdditionStudyConfig) -> Run:
-    name = f"study-addition-{cfg.preset}-{config_hash(cfg.to_dict())[:8]}"
-    if workspace.has_run(name):
-        return workspace.run(name)
-    return workspace.create_run(name, cfg.to_dict(), kind="study")
 
 
 # -- claims ---------------------------------------------------------------------------------------

@@ -31,9 +31,10 @@ from tinylens.analysis.geometry import rank_correlation
 from tinylens.config import RunConfig, derive_seed, make_run_config
 from tinylens.errors import TinylensError, unknown_name
 from tinylens.model import build_model, load_model
-from tinylens.store import Run, Workspace, config_hash
+from tinylens.store import Run, Workspace
 from tinylens.studies import maze_analyses as an
 from tinylens.studies import maze_figures as figs
+from tinylens.studies.common import study_run
 from tinylens.studies.report import Claim, render_report
 from tinylens.tasks.maze_task import MazeTask
 
@@ -108,7 +109,7 @@ def run_maze_study(workspace: Workspace, preset: str = "quick", *, progress: boo
     assert isinstance(task, MazeTask)
     model = trained.model
     untrained = build_model(cfg.solver.model, seed=derive_seed(cfg.seed, "maze-random-init"))
-    study = _study_run(workspace, cfg)
+    study = study_run(workspace, "maze", cfg.preset, cfg.to_dict())
     rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "maze-study"))
     eval_tokens = task.sample(cfg.n_eval, rng)
     probe_tokens = task.sample(cfg.n_probe, rng)
@@ -164,13 +165,6 @@ def run_maze_study(workspace: Workspace, preset: str = "quick", *, progress: boo
     study.write_report(html)
     study.set_status("done")
     return study
-
-
-def _study_run(workspace: Workspace, cfg: MazeStudyConfig) -> Run:
-    name = f"study-maze-{cfg.preset}-{config_hash(cfg.to_dict())[:8]}"
-    if workspace.has_run(name):
-        return workspace.run(name)
-    return workspace.create_run(name, cfg.to_dict(), kind="study")
 
 
 # -- claims ---------------------------------------------------------------------------------------

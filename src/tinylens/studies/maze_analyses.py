@@ -7,6 +7,7 @@ Every function takes a model (any TransformerLens model), the task and inputs; t
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -108,7 +109,7 @@ def decoded_mazes(
 
 def probe_over_training(
     run: Run,
-    load_step: Any,
+    load_step: Callable[[int], HookedModel],
     task: MazeTask,
     probe_tokens: torch.Tensor,
     eval_tokens: torch.Tensor,
