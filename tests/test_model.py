@@ -31,7 +31,13 @@ def test_same_seed_same_weights_and_rng_untouched() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"n_layers": 2, "n_heads": 3, "d_head": 5}, {"d_mlp": 0}, {"normalization_type": None}],
+    [
+        {},
+        {"n_layers": 2, "n_heads": 3, "d_head": 5},
+        {"d_mlp": 0},
+        {"normalization_type": None},
+        {"positional_embedding": "rotary"},
+    ],
 )
 def test_save_load_round_trip(tmp_path: Path, overrides: dict) -> None:
     cfg = model_cfg(**overrides)
@@ -66,7 +72,13 @@ def test_missing_and_foreign_files_are_checkpoint_errors(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     "bad",
-    [{"n_layers": 0}, {"d_head": -1}, {"act_fn": "tanh"}, {"normalization_type": "BN"}],
+    [
+        {"n_layers": 0},
+        {"d_head": -1},
+        {"act_fn": "tanh"},
+        {"normalization_type": "BN"},
+        {"positional_embedding": "alibi"},
+    ],
 )
 def test_bad_model_config(bad: dict) -> None:
     base = {"n_layers": 1, "n_heads": 1, "d_model": 8, "d_head": 8, "d_mlp": 8}
@@ -105,3 +117,11 @@ def test_load_pretrained_local_gpt2(tmp_path: Path) -> None:
 def test_load_pretrained_rejects_a_non_checkpoint_folder(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"no config\.json"):
         load_pretrained(tmp_path)
+
+
+def test_rotary_models_have_no_position_weights_and_see_order() -> None:
+    rotary = build_model(model_cfg(positional_embedding="rotary"), seed=0).eval()
+    assert not any("pos" in name for name, _ in rotary.named_parameters())
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():  # attention over a permuted prefix differs: positions are encoded
+        assert not torch.allclose(rotary(tokens)[0, -1], rotary(tokens[:, [1, 0, 2, 3, 4]])[0, -1])

@@ -28,6 +28,7 @@ from tinylens.store import load_tensors, save_tensors
 
 ActFn = Literal["relu", "gelu", "gelu_new", "silu"]
 Norm = Literal["LN", "LNPre", "RMS", "RMSPre"]
+Positions = Literal["standard", "rotary"]
 MODEL_KIND = "tinylens.model"
 
 
@@ -36,7 +37,7 @@ MODEL_KIND = "tinylens.model"
 @no_type_check
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a decoder-only transformer (GPT-2 style, learned positions, pre-norm)."""
+    """Architecture of a decoder-only transformer (GPT-2 style, pre-norm)."""
 
     n_layers: int
     """Transformer blocks."""
@@ -52,6 +53,9 @@ class ModelConfig:
     """MLP non-linearity."""
     normalization_type: Norm | None = "LN"
     """Norm before attention, MLP and unembedding; None for none."""
+    positional_embedding: Positions = "standard"
+    """``standard``: learned absolute positions added to the embedding (GPT-2); ``rotary``: rotary
+    embeddings of the queries and keys over the whole head (no position weights)."""
     d_vocab: int | None = None
     """Vocabulary size; None until sized for a task with :meth:`sized`."""
     n_ctx: int | None = None
@@ -66,6 +70,11 @@ class ModelConfig:
             raise ConfigError(f"model d_mlp must be a non-negative integer, got {self.d_mlp!r}")
         if self.act_fn not in get_args(ActFn):
             raise ConfigError(f"model act_fn {self.act_fn!r} is not one of {get_args(ActFn)}")
+        if self.positional_embedding not in get_args(Positions):
+            raise ConfigError(
+                f"model positional_embedding {self.positional_embedding!r} is not one of "
+                f"{get_args(Positions)}"
+            )
         if self.normalization_type not in (*get_args(Norm), None):
             raise ConfigError(
                 f"model normalization_type {self.normalization_type!r} is not one of "
@@ -125,6 +134,7 @@ def build_model(cfg: ModelConfig, *, seed: int) -> TransformerBridge:
         normalization_type=cfg.normalization_type,
         d_vocab=cfg.d_vocab,
         n_ctx=cfg.n_ctx,
+        positional_embedding_type=cfg.positional_embedding,
         seed=seed,
         device="cpu",
     )

@@ -1,0 +1,153 @@
+"""The batched patching engine against TransformerLens's one-patch-per-forward functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformer_lens.patching as tl_patching
+
+from tinylens import hooks
+from tinylens.analysis.ablation import Ablation, run_ablated
+from tinylens.analysis.patching import (
+    SITE_HOOKS,
+    answer_probability,
+    kl_divergence,
+    logit_diff,
+    patch_sweep,
+)
+from tinylens.errors import ConfigError, TokenError, UnknownNameError
+from tinylens.model import ModelConfig, build_model
+
+SHAPES = [
+    {"n_layers": 2, "n_heads": 4, "d_model": 32, "d_head": 8, "d_mlp": 64},
+    {"n_layers": 3, "n_heads": 2, "d_model": 24, "d_head": 12, "d_mlp": 0},
+    {"n_layers": 1, "n_heads": 3, "d_model": 16, "d_head": 4, "d_mlp": 32, "act_fn": "gelu"},
+]
+D_VOCAB = 20
+
+# (site, per_position) → TransformerLens's function for it.
+TL_FUNCTIONS = {
+    ("resid_pre", True): tl_patching.get_act_patch_resid_pre,
+    ("resid_mid", True): tl_patching.get_act_patch_resid_mid,
+    ("attn_out", True): tl_patching.get_act_patch_attn_out,
+    ("mlp_out", True): tl_patching.get_act_patch_mlp_out,
+    ("head", True): tl_patching.get_act_patch_attn_head_out_by_pos,
+    ("head", False): tl_patching.get_act_patch_attn_head_out_all_pos,
+    ("head_q", True): tl_patching.get_act_patch_attn_head_q_by_pos,
+    ("head_k", False): tl_patching.get_act_patch_attn_head_k_all_pos,
+    ("head_v", True): tl_patching.get_act_patch_attn_head_v_by_pos,
+}
+
+
+@pytest.fixture(scope="module", params=range(len(SHAPES)), ids=lambda i: f"shape{i}")
+def model(request: pytest.FixtureRequest):
+    cfg = ModelConfig(**SHAPES[request.param], d_vocab=D_VOCAB, n_ctx=16)  # type: ignore[arg-type]
+    return build_model(cfg, seed=request.param).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, D_VOCAB, (6, 9), generator=g)
+    return {
+        "clean": clean,
+        "corrupt": torch.randint(0, D_VOCAB, (6, 9), generator=g),
+        "answer": torch.randint(0, D_VOCAB, (6,), generator=g),
+        "contrast": torch.randint(0, D_VOCAB, (6,), generator=g),
+    }
+
+
+@pytest.mark.parametrize(("site", "per_position"), list(TL_FUNCTIONS), ids=str)
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
+def test_sweep_equals_transformer_lens(model, prompts, site, per_position, direction) -> None:
+    if site in ("mlp_out", "resid_mid") and model.cfg.attn_only:
+        with pytest.raises(UnknownNameError, match="no hook named"):
+            patch_sweep(model, prompts["clean"], prompts["corrupt"], lambda x: x.sum(), site=site)
+        return
+    metric = logit_diff(prompts["answer"], prompts["contrast"])
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    ours = patch_sweep(
+        model, clean, corrupt, metric, site=site, per_position=per_position, direction=direction
+    )
+    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
+    with torch.no_grad():
+        _, source_cache = model.run_with_cache(source)
+    reference = TL_FUNCTIONS[(site, per_position)](model, base, source_cache, metric)
+    assert ours.raw.shape == reference.shape
+    torch.testing.assert_close(ours.raw, reference.float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("source", ["mean", "zero"])
+@pytest.mark.parametrize("site", ["resid_pre", "head"])
+def test_mean_and_zero_sources_equal_one_patch_per_forward(model, prompts, site, source) -> None:
+    metric = answer_probability(prompts["answer"])
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    ours = patch_sweep(model, clean, corrupt, metric, site=site, source=source)
+    n_pos = clean.shape[1]
+    heads = range(model.cfg.n_heads) if site == "head" else [None]
+    for layer in range(model.cfg.n_layers):
+        for pos in range(n_pos):
+            for head in heads:
+                ablation = Ablation(SITE_HOOKS[site](layer), head=head, positions=(pos,), kind=source)
+                logits = run_ablated(model, clean, [ablation], reference=corrupt)
+                got = ours.raw[layer, pos] if head is None else ours.raw[layer, pos, head]
+                assert float(got) == pytest.approx(float(metric(logits)), abs=1e-5)
+
+
+def test_denoising_the_whole_first_residual_restores_the_clean_run(model, prompts) -> None:
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    with torch.no_grad():
+        clean_logits = model(clean)
+    for metric in (
+        logit_diff(prompts["answer"], prompts["contrast"]),
+        kl_divergence(clean_logits),
+    ):
+        result = patch_sweep(
+            model, clean, corrupt, metric, site="resid_pre", per_position=False, direction="denoise"
+        )
+        assert float(result.normalised[0]) == pytest.approx(1.0, abs=1e-4)
+        # noising it instead gives the corrupted run: normalised 0
+        noised = patch_sweep(model, clean, corrupt, metric, site="resid_pre", per_position=False)
+        assert float(noised.normalised[0]) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_a_patch_after_the_last_position_read_changes_nothing(model, prompts) -> None:
+    """Causal attention: patching the residual at a position other than the last, in the last
+    layer's output, cannot reach the final position's logits."""
+    metric = logit_diff(prompts["answer"], prompts["contrast"])
+    result = patch_sweep(
+        model, prompts["clean"], prompts["corrupt"], metric, site="attn_out", layers=[0]
+    )
+    last = model.cfg.n_layers - 1
+    if last > 0:
+        assert torch.isnan(result.raw[last]).all()  # not swept
+    if model.cfg.n_layers == 1:
+        earlier = result.raw[0, :-1]
+        torch.testing.assert_close(earlier, torch.full_like(earlier, result.clean), atol=1e-5, rtol=0)
+
+
+def test_bad_input_gets_clear_errors(model, prompts) -> None:
+    metric = logit_diff(prompts["answer"], prompts["contrast"])
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    with pytest.raises(TokenError, match="same shape"):
+        patch_sweep(model, clean, corrupt[:, :-1], metric)
+    with pytest.raises(TokenError, match="outside the vocabulary"):
+        patch_sweep(model, clean, corrupt + D_VOCAB, metric)
+    with pytest.raises(TokenError, match="2-d integer"):
+        patch_sweep(model, clean.float(), corrupt, metric)
+    with pytest.raises(ConfigError, match="unknown patching site"):
+        patch_sweep(model, clean, corrupt, metric, site="resid")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="noising only"):
+        patch_sweep(model, clean, corrupt, metric, direction="denoise", source="mean")
+    with pytest.raises(ConfigError, match="same metric"):
+        patch_sweep(model, clean, clean, metric)
+    with pytest.raises(ConfigError, match="out of range"):
+        patch_sweep(model, clean, corrupt, metric, layers=[model.cfg.n_layers])
+
+
+def test_hook_names_of_every_site_exist(model) -> None:
+    for site, hook_of in SITE_HOOKS.items():
+        if site in ("mlp_out", "resid_mid") and model.cfg.attn_only:
+            continue
+        assert hook_of(0) in model.hook_dict, site
+    assert hooks.resid_pre(0) in model.hook_dict
