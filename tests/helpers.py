@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
 from tinylens.config import RunConfig, make_run_config
 from tinylens.model import ModelConfig
 
@@ -22,3 +26,18 @@ def run_cfg(steps: int = 40, seed: int = 0, **train: object) -> RunConfig:
         steps=steps,
         overrides={"train": {**defaults, **train}},
     )
+
+
+def save_tiny_gpt2(folder, words: list[str], seed: int = 0) -> None:
+    """A random 2-layer GPT-2 and a word-level tokenizer over ``words`` (plus <|endoftext|>),
+    saved like ``save_pretrained`` would save a downloaded GPT-2 (safetensors weights)."""
+    vocab = {word: i for i, word in enumerate(["<|endoftext|>", "[UNK]", *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]"
+    )
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=len(vocab), n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

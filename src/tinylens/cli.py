@@ -138,15 +138,22 @@ def predict(
 
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="Study to run: addition, maze.")],
+    name: Annotated[str, typer.Argument(help="Study to run: addition, maze, seqcont.")],
     preset: Annotated[
         str, typer.Option(help="quick (CPU, minutes), paper (GPU-sized) or tiny (a smoke run).")
     ] = "quick",
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="seqcont only: a local Hugging Face checkpoint folder (e.g. GPT-2, with its "
+            "tokenizer) to study instead of training a model."
+        ),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a study end to end (training its models if needed) and print its report's path."""
-    run = run_study(name, Workspace(workspace), preset, progress=progress)
+    run = run_study(name, Workspace(workspace), preset, progress=progress, model=model)
     out.print(str(run.report_path), highlight=False, soft_wrap=True)
 
 

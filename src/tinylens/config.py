@@ -136,6 +136,12 @@ PRESETS: dict[str, Preset] = {
                     "save_every": 500,
                 },
             },
+            # 3 layers so that circuits have depth to share; the five families are learned to
+            # near-perfect accuracy within these steps (README, "Sequence continuation").
+            "seqcont": {
+                "model": {"n_layers": 3, "d_model": 64, "n_heads": 4, "d_head": 16, "d_mlp": 256},
+                "train": {"steps": 3_000, "eval_every": 250, "eval_size": 1024},
+            },
         },
     ),
     "quirke": Preset(

@@ -183,7 +183,8 @@ def config_from_metadata(metadata: dict[str, str], path: Path) -> ModelConfig:
 def load_pretrained(path: Path | str) -> TransformerBridge:
     """Open a local Hugging Face checkpoint directory (e.g. GPT-2 saved with ``save_pretrained``).
 
-    Nothing is downloaded: the directory must hold ``config.json`` and the weights.
+    Nothing is downloaded: the directory must hold ``config.json`` and safetensors weights (a
+    pickled ``pytorch_model.bin`` is refused: unpickling a file can run code).
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
@@ -191,8 +192,28 @@ def load_pretrained(path: Path | str) -> TransformerBridge:
             f"{folder} is not a Hugging Face checkpoint directory (no config.json); pass the "
             "folder written by `model.save_pretrained(...)`"
         )
+    if not any(folder.glob("*.safetensors")):
+        raise CheckpointError(
+            f"{folder} holds no .safetensors weights; tinylens does not unpickle "
+            "pytorch_model.bin files. Re-save the model with "
+            "`model.save_pretrained(folder, safe_serialization=True)`"
+        )
     try:
         model = TransformerBridge.boot_transformers(str(folder), device="cpu")
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"could not load the checkpoint in {folder}: {err}") from None
     return model.eval()
+
+
+def load_pretrained_tokenizer(path: Path | str) -> Any:
+    """The Hugging Face tokenizer saved in a local checkpoint directory (nothing is downloaded)."""
+    from transformers import AutoTokenizer  # noqa: PLC0415 (slow import; few callers need it)
+
+    folder = Path(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"no usable tokenizer in {folder} ({err}); save it beside the model with "
+            "`tokenizer.save_pretrained(folder)`"
+        ) from None

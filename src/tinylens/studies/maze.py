@@ -63,8 +63,9 @@ class MazeStudyConfig:
 
 STUDY_PRESETS = ("quick", "paper", "tiny")
 
-QUICK: dict[str, dict[str, Any]] = {"task": {"grid": 4}}
-"""The CPU preset's maze recipe on 4×4 mazes: 5×5 needs more training than a laptop's minutes."""
+QUICK: dict[str, dict[str, Any]] = {"task": {"grid": 5}, "train": {"steps": 7_000}}
+"""The CPU preset's maze recipe on 5×5 mazes, cut to 7,000 steps to fit 45 minutes on 2 cores.
+(5×5 learns faster per step than 4×4 here: longer paths give more answer tokens per maze.)"""
 
 PAPER: dict[str, dict[str, Any]] = {
     "task": {"grid": 5},
@@ -75,8 +76,9 @@ PAPER: dict[str, dict[str, Any]] = {
 
 
 def study_config(preset: str) -> MazeStudyConfig:
-    """``quick``: the CPU solver recipe on 4×4 mazes (minutes). ``paper``: a 5×5, 6-layer,
-    d_model 256 solver (GPU-sized). ``tiny``: a seconds-long smoke run; its claims mean nothing."""
+    """``quick``: the CPU solver recipe on 5×5 mazes (about 40 minutes on 2 cores). ``paper``: a
+    5×5, 6-layer, d_model 256 solver (GPU-sized). ``tiny``: a seconds-long smoke run; its claims
+    mean nothing."""
     if preset not in STUDY_PRESETS:
         raise unknown_name("maze study preset", preset, STUDY_PRESETS)
     if preset == "tiny":

@@ -11,6 +11,7 @@ from tinylens.errors import ConfigError, unknown_name
 from tinylens.tasks.addition import CASES, SUBTASKS, AdditionLabels, AdditionTask
 from tinylens.tasks.base import Task, Tokens
 from tinylens.tasks.maze_task import MazeTask
+from tinylens.tasks.seqcont import SeqcontTask
 
 TASKS: dict[str, type[Task]] = {}
 """Registry: task name → task class."""
@@ -36,6 +37,7 @@ def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
 
 register_task(AdditionTask)
 register_task(MazeTask)
+register_task(SeqcontTask)
 
 __all__ = [
     # registry
@@ -52,4 +54,6 @@ __all__ = [
     "AdditionTask",
     # maze
     "MazeTask",
+    # sequence continuation
+    "SeqcontTask",
 ]

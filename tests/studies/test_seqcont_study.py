@@ -1,0 +1,101 @@
+"""The seqcont study end to end: on a tiny trained model, and on a local GPT-2 checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinylens import runs
+from tinylens.analysis import circuits as C
+from tinylens.analysis.graph import ComponentGraph
+from tinylens.cli import main
+from tinylens.config import derive_seed
+from tinylens.errors import ConfigError, TokenError, UnknownNameError
+from tinylens.model import load_pretrained, load_pretrained_tokenizer
+from tinylens.store import Run, Workspace
+from tinylens.studies import run_study
+from tinylens.studies import seqcont_analyses as an
+from tinylens.studies.seqcont import run_seqcont_study, study_config
+from tinylens.tasks.seqcont import PAPER_FAMILIES, SeqcontTask
+
+from ..helpers import save_tiny_gpt2
+
+RESULTS = ["behaviour", "circuits", "cross_family", "random_circuits", "successor", "shared", "graph"]
+
+
+def read(run: Run, name: str):
+    return json.loads((run.path / "results" / f"{name}.json").read_text())
+
+
+def test_study_writes_results_figures_and_report(seqcont_study_run: Run) -> None:
+    path: Path = seqcont_study_run.path
+    for name in [*RESULTS, "claims"]:
+        assert (path / "results" / f"{name}.json").is_file(), name
+    figures = sorted(p.name for p in (path / "figures").glob("*.png"))
+    assert len(figures) == 5
+    html = (path / "report.html").read_text()
+    assert html.index("Claims") < html.index("Behaviour and circuits")
+    assert html.count("data:image/png;base64,") == len(figures)
+    claims = read(seqcont_study_run, "claims")
+    assert len(claims) == 4 and all(c["rule"] for c in claims)
+
+
+def test_every_circuit_keeps_the_share_it_reports(seqcont_study_run: Run) -> None:
+    """Re-run each family's node circuit from the saved result (fresh prompts of the same seed)
+    and check it keeps the share the study wrote down."""
+    cfg = study_config("tiny")
+    workspace = Workspace(seqcont_study_run.path.parent)
+    assert cfg.model is not None
+    trained = runs.load_trained(workspace, cfg.model.default_name())
+    graph = ComponentGraph(trained.model)
+    circuits = read(seqcont_study_run, "circuits")
+    task = SeqcontTask()
+    for family, found in circuits.items():
+        assert found["node_share"] >= cfg.min_share and found["edge_share"] >= cfg.min_share
+        seed = derive_seed(cfg.seed, f"seqcont-{family}")
+        prompts = an.family_prompts(task, an.WordEncoder(task), family, cfg.n_prompts, seed)
+        ablation = C.mean_ablation(graph, prompts.corrupt)
+        score = C.faithfulness(
+            graph,
+            C.node_circuit(graph, found["nodes"]),
+            prompts.clean,
+            ablation=ablation,
+            metric=prompts.metric,
+        )
+        assert score.share == pytest.approx(found["node_share"], abs=1e-4)
+
+
+def test_a_local_gpt2_checkpoint_is_studied_without_training(tmp_path: Path) -> None:
+    task = SeqcontTask()
+    save_tiny_gpt2(tmp_path / "gpt2", list(task.vocab), seed=0)
+    run = run_seqcont_study(Workspace(tmp_path / "ws"), "tiny", progress=False, model=tmp_path / "gpt2")
+    assert str(tmp_path / "gpt2") in (run.path / "report.html").read_text()
+    graph = read(run, "graph")
+    assert (graph["n_layers"], graph["n_heads"]) == (2, 4)
+    assert set(read(run, "behaviour")) == set(PAPER_FAMILIES)
+    assert not any((tmp_path / "ws").glob("seqcont-*")), "no model was trained"
+
+
+def test_answers_that_are_not_one_token_are_refused(tmp_path: Path) -> None:
+    task = SeqcontTask()
+    words = [w for w in task.vocab if w != "seven"]  # 'seven' falls back to [UNK] pieces
+    save_tiny_gpt2(tmp_path / "gpt2", words)
+    encoder = an.WordEncoder(task, load_pretrained_tokenizer(tmp_path / "gpt2"))
+    encoder.require_family("months")  # fine
+    with pytest.raises(TokenError, match="'seven' is not a single token"):
+        encoder.require_family("number_words")
+    assert load_pretrained(tmp_path / "gpt2") is not None
+
+
+def test_bad_study_input_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UnknownNameError, match="seqcont study preset"):
+        study_config("huge")
+    with pytest.raises(ConfigError, match="--model applies to the seqcont study only"):
+        run_study("maze", Workspace(tmp_path), "tiny", model=tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "seqcont", "--preset", "tiny", "--model", str(tmp_path), "-w", str(tmp_path)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "not a Hugging Face checkpoint" in message
