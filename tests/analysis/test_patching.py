@@ -9,6 +9,7 @@ import transformer_lens.patching as tl_patching
 from tinylens import hooks
 from tinylens.analysis.ablation import Ablation, run_ablated
 from tinylens.analysis.patching import (
+    FAST_SITES,
     SITE_HOOKS,
     answer_probability,
     kl_divergence,
@@ -22,13 +23,21 @@ SHAPES = [
     {"n_layers": 2, "n_heads": 4, "d_model": 32, "d_head": 8, "d_mlp": 64},
     {"n_layers": 3, "n_heads": 2, "d_model": 24, "d_head": 12, "d_mlp": 0},
     {"n_layers": 1, "n_heads": 3, "d_model": 16, "d_head": 4, "d_mlp": 32, "act_fn": "gelu"},
+    {
+        "n_layers": 4,
+        "n_heads": 2,
+        "d_model": 16,
+        "d_head": 8,
+        "d_mlp": 32,
+        "positional_embedding": "rotary",
+        "normalization_type": "RMS",
+    },
 ]
 D_VOCAB = 20
 
 # (site, per_position) → TransformerLens's function for it.
 TL_FUNCTIONS = {
     ("resid_pre", True): tl_patching.get_act_patch_resid_pre,
-    ("resid_mid", True): tl_patching.get_act_patch_resid_mid,
     ("attn_out", True): tl_patching.get_act_patch_attn_out,
     ("mlp_out", True): tl_patching.get_act_patch_mlp_out,
     ("head", True): tl_patching.get_act_patch_attn_head_out_by_pos,
@@ -59,7 +68,10 @@ def prompts() -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("site", "per_position"), list(TL_FUNCTIONS), ids=str)
 @pytest.mark.parametrize("direction", ["noise", "denoise"])
-def test_sweep_equals_transformer_lens(model, prompts, site, per_position, direction) -> None:
+@pytest.mark.parametrize("method", ["fast", "hooks"])
+def test_sweep_equals_transformer_lens(model, prompts, site, per_position, direction, method) -> None:
+    if method == "fast" and site not in FAST_SITES:
+        pytest.skip("the fast path patches the residual stream's writers only")
     if site in ("mlp_out", "resid_mid") and model.cfg.attn_only:
         with pytest.raises(UnknownNameError, match="no hook named"):
             patch_sweep(model, prompts["clean"], prompts["corrupt"], lambda x: x.sum(), site=site)
@@ -67,7 +79,14 @@ def test_sweep_equals_transformer_lens(model, prompts, site, per_position, direc
     metric = logit_diff(prompts["answer"], prompts["contrast"])
     clean, corrupt = prompts["clean"], prompts["corrupt"]
     ours = patch_sweep(
-        model, clean, corrupt, metric, site=site, per_position=per_position, direction=direction
+        model,
+        clean,
+        corrupt,
+        metric,
+        site=site,
+        per_position=per_position,
+        direction=direction,
+        method=method,
     )
     base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
     with torch.no_grad():
@@ -78,11 +97,16 @@ def test_sweep_equals_transformer_lens(model, prompts, site, per_position, direc
 
 
 @pytest.mark.parametrize("source", ["mean", "zero"])
-@pytest.mark.parametrize("site", ["resid_pre", "head"])
+@pytest.mark.parametrize("site", ["resid_pre", "head", "mlp_out"])
 def test_mean_and_zero_sources_equal_one_patch_per_forward(model, prompts, site, source) -> None:
+    if site == "mlp_out" and model.cfg.attn_only:
+        pytest.skip("attention-only model")
     metric = answer_probability(prompts["answer"])
     clean, corrupt = prompts["clean"], prompts["corrupt"]
     ours = patch_sweep(model, clean, corrupt, metric, site=site, source=source)
+    assert torch.equal(
+        ours.raw, patch_sweep(model, clean, corrupt, metric, site=site, source=source, method="fast").raw
+    )
     n_pos = clean.shape[1]
     heads = range(model.cfg.n_heads) if site == "head" else [None]
     for layer in range(model.cfg.n_layers):
@@ -124,6 +148,51 @@ def test_a_patch_after_the_last_position_read_changes_nothing(model, prompts) ->
     if model.cfg.n_layers == 1:
         earlier = result.raw[0, :-1]
         torch.testing.assert_close(earlier, torch.full_like(earlier, result.clean), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["fast", "hooks"])
+def test_resid_mid_patches_the_residual_stream_itself(model, prompts, method) -> None:
+    """Patching the residual between attention and MLP changes what the MLP reads and what passes
+    on (HookedTransformer's meaning; TransformerLens 4's bridge changes the MLP's input only)."""
+    if model.cfg.attn_only:
+        pytest.skip("attention-only model")
+    metric = logit_diff(prompts["answer"], prompts["contrast"])
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    ours = patch_sweep(model, clean, corrupt, metric, site="resid_mid", method=method)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupt_cache = model.run_with_cache(corrupt)
+    for layer in range(model.cfg.n_layers):
+        shift = corrupt_cache[hooks.resid_mid(layer)] - clean_cache[hooks.resid_mid(layer)]
+        for pos in range(clean.shape[1]):
+
+            def patch(attn_out, *, hook, pos=pos, shift=shift):
+                attn_out = attn_out.clone()
+                attn_out[:, pos] += shift[:, pos]
+                return attn_out
+
+            with torch.no_grad():
+                logits = model.run_with_hooks(clean, fwd_hooks=[(hooks.attn_out(layer), patch)])
+            assert float(ours.raw[layer, pos]) == pytest.approx(float(metric(logits)), abs=1e-5)
+
+
+def test_any_callable_metric_takes_the_hook_path(model, prompts) -> None:
+    """A metric of our own kind and the same metric as a plain function give the same sweep."""
+    ours = logit_diff(prompts["answer"], prompts["contrast"])
+    rows = torch.arange(len(prompts["answer"]))
+
+    def plain(logits: torch.Tensor) -> torch.Tensor:
+        final = logits[:, -1]
+        return (final[rows, prompts["answer"]] - final[rows, prompts["contrast"]]).mean()
+
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    fast = patch_sweep(model, clean, corrupt, ours, site="head", method="fast")
+    hooked = patch_sweep(model, clean, corrupt, plain, site="head")
+    torch.testing.assert_close(fast.raw, hooked.raw, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="fast patching path does not apply"):
+        patch_sweep(model, clean, corrupt, plain, site="head", method="fast")
+    with pytest.raises(ConfigError, match="fast patching path does not apply"):
+        patch_sweep(model, clean, corrupt, ours, site="head_q", method="fast")
 
 
 def test_bad_input_gets_clear_errors(model, prompts) -> None:
