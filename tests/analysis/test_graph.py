@@ -22,10 +22,20 @@ SHAPES = {
 }
 
 
+def randomise_norms(model):
+    """Move every norm weight and bias away from its initial 1 / 0, so that tests exercise them."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln" in name or "norm" in name:
+                param.add_(0.3 * torch.randn(param.shape, generator=g))
+    return model
+
+
 def native(**overrides: object):
     base = {"n_layers": 2, "n_heads": 3, "d_model": 24, "d_head": 8, "d_mlp": 48}
     cfg = ModelConfig(**{**base, **overrides}, d_vocab=D_VOCAB, n_ctx=16)  # type: ignore[arg-type]
-    return build_model(cfg, seed=1).eval()
+    return randomise_norms(build_model(cfg, seed=1).eval())
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +44,7 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=D_VOCAB, n_positions=32)
     GPT2LMHeadModel(config).save_pretrained(folder)
-    return load_pretrained(folder)
+    return randomise_norms(load_pretrained(folder))
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +70,19 @@ def test_graph_forward_equals_a_gpt2_checkpoint(gpt2, tokens) -> None:
         torch.testing.assert_close(
             graph.run(tokens["clean"]).logits, gpt2(tokens["clean"]), atol=1e-5, rtol=0
         )
+
+
+def test_a_model_it_cannot_reproduce_is_refused(tmp_path) -> None:
+    """GPT-2 with attention scaled by the inverse layer index computes something else; the graph
+    notices on construction instead of returning wrong numbers."""
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, vocab_size=D_VOCAB, n_positions=32,
+        scale_attn_by_inverse_layer_idx=True,
+    )  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="do not reproduce this model"):
+        ComponentGraph(load_pretrained(tmp_path))
 
 
 def test_structure_counts_and_direct_paths() -> None:

@@ -51,7 +51,12 @@ TL_FUNCTIONS = {
 @pytest.fixture(scope="module", params=range(len(SHAPES)), ids=lambda i: f"shape{i}")
 def model(request: pytest.FixtureRequest):
     cfg = ModelConfig(**SHAPES[request.param], d_vocab=D_VOCAB, n_ctx=16)  # type: ignore[arg-type]
-    return build_model(cfg, seed=request.param).eval()
+    model = build_model(cfg, seed=request.param).eval()
+    with torch.no_grad():  # norms away from their initial 1 / 0, so that they are exercised
+        for name, param in model.named_parameters():
+            if "ln" in name:
+                param.add_(0.3 * torch.randn_like(param))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +109,8 @@ def test_mean_and_zero_sources_equal_one_patch_per_forward(model, prompts, site,
     metric = answer_probability(prompts["answer"])
     clean, corrupt = prompts["clean"], prompts["corrupt"]
     ours = patch_sweep(model, clean, corrupt, metric, site=site, source=source)
-    assert torch.equal(
-        ours.raw, patch_sweep(model, clean, corrupt, metric, site=site, source=source, method="fast").raw
-    )
+    hooked = patch_sweep(model, clean, corrupt, metric, site=site, source=source, method="hooks")
+    torch.testing.assert_close(ours.raw, hooked.raw, atol=1e-5, rtol=0)
     n_pos = clean.shape[1]
     heads = range(model.cfg.n_heads) if site == "head" else [None]
     for layer in range(model.cfg.n_layers):
@@ -174,6 +178,18 @@ def test_resid_mid_patches_the_residual_stream_itself(model, prompts, method) ->
             with torch.no_grad():
                 logits = model.run_with_hooks(clean, fwd_hooks=[(hooks.attn_out(layer), patch)])
             assert float(ours.raw[layer, pos]) == pytest.approx(float(metric(logits)), abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["fast", "hooks"])
+def test_resid_post_of_a_layer_is_resid_pre_of_the_next(model, prompts, method) -> None:
+    metric = kl_divergence(model(prompts["clean"]).detach())
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    post = patch_sweep(model, clean, corrupt, metric, site="resid_post", method=method)
+    pre = patch_sweep(model, clean, corrupt, metric, site="resid_pre", method=method)
+    torch.testing.assert_close(post.raw[:-1], pre.raw[1:], atol=1e-5, rtol=0)
+    # the last layer's output feeds the unembedding only: just the final position matters
+    assert torch.all(post.raw[-1, :-1].abs() < 1e-5)
+    assert float(post.raw[-1, -1]) == pytest.approx(float(post.corrupt), abs=1e-4)
 
 
 def test_any_callable_metric_takes_the_hook_path(model, prompts) -> None:

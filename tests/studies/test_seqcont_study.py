@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinylens import runs
 from tinylens.analysis import circuits as C
@@ -82,8 +83,17 @@ def test_answers_that_are_not_one_token_are_refused(tmp_path: Path) -> None:
     task = SeqcontTask()
     words = [w for w in task.vocab if w != "seven"]  # 'seven' falls back to [UNK] pieces
     save_tiny_gpt2(tmp_path / "gpt2", words)
-    encoder = an.WordEncoder(task, load_pretrained_tokenizer(tmp_path / "gpt2"))
+    tokenizer = load_pretrained_tokenizer(tmp_path / "gpt2")
+    encoder = an.WordEncoder(task, tokenizer)
     encoder.require_family("months")  # fine
+    prompts = an.family_prompts(task, encoder, "months", 4, seed=0)
+    assert (prompts.clean[:, 0] == tokenizer.bos_token_id).all()  # BOS first, as TransformerLens does
+    assert prompts.clean.shape[1] == task.seq_len  # BOS + every word but the answer
+    words = task.words(task.sample(4, torch.Generator().manual_seed(0), family="months"))[0]
+    retokenized = tokenizer.encode(
+        " " + " ".join(words[:-1]).replace(" .", "."), add_special_tokens=False
+    )
+    assert len(retokenized) == task.seq_len - 1  # one token per word and period
     with pytest.raises(TokenError, match="'seven' is not a single token"):
         encoder.require_family("number_words")
     assert load_pretrained(tmp_path / "gpt2") is not None

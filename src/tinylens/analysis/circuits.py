@@ -20,9 +20,10 @@ Background:
 
 Usage:
     graph = ComponentGraph(model)
-    scores = edge_attribution(graph, clean, corrupt, metric, ig_steps=5)
+    ablation = corrupt_ablation(graph, corrupt)      # or mean_ablation(graph, reference)
+    scores = edge_attribution(graph, clean, metric, ablation=ablation, ig_steps=5)
     circuit = top_edges(graph, scores, 50)
-    faithfulness(graph, circuit, clean, ablation=mean_ablation(graph, reference), metric=metric)
+    faithfulness(graph, circuit, clean, ablation=ablation, metric=metric)
 """
 
 from __future__ import annotations
@@ -165,36 +166,39 @@ def top_edges(graph: ComponentGraph, scores: Float[torch.Tensor, "input node"], 
 def edge_attribution(
     graph: ComponentGraph,
     clean: Int[torch.Tensor, "batch pos"],
-    corrupt: Int[torch.Tensor, "batch2 pos2"],  # checked equal below, with our error
     metric: Metric,
     *,
+    ablation: torch.Tensor,
     ig_steps: int = 0,
 ) -> Float[torch.Tensor, "input node"]:
     """EAP (``ig_steps=0``) or EAP-IG scores of every edge: the estimated change of the metric
-    when that edge alone reads the corrupted run instead of the clean one (0 off the graph).
+    when that edge alone reads the ablated value of its node (``ablation``: a corrupted run's
+    :func:`corrupt_ablation` or :func:`mean_ablation`) instead of the clean one; 0 off the graph.
 
     EAP takes the gradient at the clean run. EAP-IG averages it over ``ig_steps`` runs whose
-    embedding output is ``corrupt + α (clean − corrupt)``, α = 1/steps … 1.
+    embedding output is ``ablated + α (clean − ablated)``, α = 1/steps … 1 (with a corrupted run
+    as the ablation, Hanna et al.'s interpolation of the two prompts' embeddings).
     """
-    if clean.shape != corrupt.shape:
-        raise ConfigError(
-            f"clean {list(clean.shape)} and corrupted {list(corrupt.shape)} prompts must have the "
-            "same shape"
-        )
     if ig_steps < 0:
         raise ConfigError(f"ig_steps must be ≥ 0, got {ig_steps}")
     with torch.no_grad():
-        clean_run, corrupt_run = graph.run(clean), graph.run(corrupt)
-    diff = corrupt_run.outputs - clean_run.outputs  # [node, batch, pos, d]
+        clean_out = graph.run(clean).outputs
+    if ablation.shape[0] != clean_out.shape[0] or ablation.shape[2:] != clean_out.shape[2:]:
+        raise ConfigError(
+            f"the ablation holds outputs of shape {list(ablation.shape)}; this graph and these "
+            f"prompts need [{clean_out.shape[0]}, batch or 1, {clean_out.shape[2]}, "
+            f"{clean_out.shape[3]}] (same prompt length)"
+        )
+    diff = ablation - clean_out  # [node, batch, pos, d]
     alphas = [1.0] if ig_steps == 0 else [k / ig_steps for k in range(1, ig_steps + 1)]
-    grads = torch.zeros(len(graph.inputs), *clean_run.outputs.shape[1:])
+    grads = torch.zeros(len(graph.inputs), *clean_out.shape[1:])
     for alpha in alphas:
         probe = torch.zeros_like(grads, requires_grad=True)
-        embed = corrupt_run.outputs[0] + alpha * (clean_run.outputs[0] - corrupt_run.outputs[0])
-        run = graph.run(clean, embed=embed, input_probe=probe)
+        embed = ablation[0] + alpha * (clean_out[0] - ablation[0])
+        run = graph.run(clean, embed=embed.expand_as(clean_out[0]), input_probe=probe)
         (grad,) = torch.autograd.grad(metric(run.logits), probe)
         grads += grad / len(alphas)
-    scores = torch.einsum("ibpm,sbpm->is", grads, diff)
+    scores = torch.einsum("ibpm,sbpm->is", grads, diff.expand_as(clean_out))
     return scores * graph.adjacency
 
 
@@ -247,7 +251,8 @@ class Pruned:
     circuit: Circuit
     dropped: tuple[str, ...]
     share: float
-    """The kept circuit's metric as a share of the full model's (measured, ≥ ``min_share``)."""
+    """The kept circuit's metric as a share of the full model's, as measured; ≥ ``min_share``
+    unless the circuit handed to :func:`prune_edges` was already below it (then nothing is dropped)."""
 
 
 def prune_nodes(
@@ -355,7 +360,9 @@ def _metric_per_variant(
     """The metric of one masked run per variant, in chunks of one forward pass each."""
     batch, n_pos = tokens.shape
     model_cfg = graph.model.cfg
-    width = max(int(model_cfg.d_model) * 3 * graph.n_heads, int(model_cfg.d_vocab))
+    # the biggest tensors of a graph pass: every node's output difference read by a layer's
+    # q/k/v inputs, and the logits
+    width = max(int(model_cfg.d_model) * (3 * graph.n_heads + len(graph.nodes)), int(model_cfg.d_vocab))
     chunk = max(1, MAX_CHUNK_ELEMENTS // (batch * n_pos * width))
     out: list[float] = []
     with torch.no_grad():

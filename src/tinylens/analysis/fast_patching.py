@@ -4,10 +4,11 @@ Background:
     A patch at layer l, position p changes nothing before layer l and nothing at positions before
     p. Until the next attention layer it changes only position p itself (an MLP works position by
     position); the final layer matters only at the position the metric reads. So when the metric
-    reads the last position, a patch costs, per variant, a few vector operations at one position
-    plus, in the layers between, the attention of the positions it reaches; a full
-    layer × position × head sweep costs about as much as a few forward passes of the batch instead
-    of one per patch (TransformerLens's ``patching`` module runs one forward per patch).
+    reads the last position, a patch in the last two layers costs a few vector operations at one
+    position per variant: for a 2-layer model a whole layer × position × head sweep costs about as
+    much as a few forward passes of the batch, where TransformerLens's ``patching`` module runs one
+    forward pass per patch. A patch further down reaches every later position through the layers in
+    between, which are recomputed in full (all positions), so deep models gain less.
 
     The engine runs the model from its own weights (the TransformerLens ``W_Q`` … ``W_O`` layout) and
     calls the model's own norm and MLP modules, like :class:`~tinylens.analysis.graph.ComponentGraph`;
@@ -140,24 +141,23 @@ class LastPositionEngine:
         if stage == "mid":
             x = self._mlp(layer, x)
             layer += 1
-        while True:
-            if layer == self.n_layers:  # past the last layer: only a change at the last position shows
-                return torch.where((pos == last)[:, None], self._logits(x), base.final_logits[prompt])
-            if layer == self.n_layers - 1:
-                keys = base.keys[layer][prompt].clone()
-                values = base.values[layer][prompt].clone()
-                _, k, v = self._qkv(layer, x[:, None], pos[:, None])
-                rows = torch.arange(len(x))
-                keys[rows, :, pos] = k[:, :, 0]
-                values[rows, :, pos] = v[:, :, 0]
-                query_in = torch.where((pos == last)[:, None], x, base.pre[layer][prompt, last])
-                q, _, _ = self._qkv(layer, query_in[:, None], torch.full_like(pos, last)[:, None])
-                out = query_in + self._attend(layer, q, keys, values, last)[:, 0]
-                return self._logits(self._mlp(layer, out))
-            # a middle layer: its attention spreads the change to every later position
+        if layer == self.n_layers:  # past the last layer: only a change at the last position shows
+            return torch.where((pos == last)[:, None], self._logits(x), base.final_logits[prompt])
+        if layer < self.n_layers - 1:  # a middle layer's attention spreads the change onwards
             full = base.pre[layer][prompt].clone()
             full[torch.arange(len(x)), pos] = x
             return self.propagate_dense(base, layer, "pre", full)
+        # the last layer: the changed position's key and value, and the last position's query
+        keys = base.keys[layer][prompt].clone()
+        values = base.values[layer][prompt].clone()
+        _, k, v = self._qkv(layer, x[:, None], pos[:, None])
+        rows = torch.arange(len(x))
+        keys[rows, :, pos] = k[:, :, 0]
+        values[rows, :, pos] = v[:, :, 0]
+        query_in = torch.where((pos == last)[:, None], x, base.pre[layer][prompt, last])
+        q, _, _ = self._qkv(layer, query_in[:, None], torch.full_like(pos, last)[:, None])
+        out = query_in + self._attend(layer, q, keys, values, last)[:, 0]
+        return self._logits(self._mlp(layer, out))
 
     def propagate_dense(
         self,

@@ -89,7 +89,10 @@ class ComponentGraph:
         self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
         self.d_head = int(cfg.d_head)
         self.has_mlp = not getattr(cfg, "attn_only", False) and bool(getattr(cfg, "d_mlp", 0))
-        self.rotary = cfg.positional_embedding_type == "rotary"
+        positions = getattr(cfg, "positional_embedding_type", "standard")
+        if positions not in ("standard", "rotary"):
+            raise ConfigError(f"graph analyses support learned or rotary positions, not {positions!r}")
+        self.rotary = positions == "rotary"
         if self.rotary and not hasattr(_original(model.blocks[0].attn), "rotary"):
             raise ConfigError(
                 "graph analyses support rotary positions only for tinylens's own models; this "
@@ -114,6 +117,24 @@ class ComponentGraph:
         self.node_index = {n.name: i for i, n in enumerate(self.nodes)}
         self.input_index = {d.name: i for i, d in enumerate(self.inputs)}
         self.adjacency = self._adjacency()
+        self._check_equals_model()
+
+    def _check_equals_model(self) -> None:
+        """Refuse a model this reimplementation does not reproduce (post-norm blocks, scaled
+        attention variants, …): one short forward pass of both must agree."""
+        n_ctx = int(getattr(self.model.cfg, "n_ctx", 8) or 8)
+        rng = torch.Generator().manual_seed(0)
+        probe = torch.randint(0, int(self.model.cfg.d_vocab), (2, min(6, n_ctx)), generator=rng)
+        with torch.no_grad():
+            ours, theirs = self.run(probe).logits, self.model(probe)
+        gap = float((ours - theirs).abs().max())
+        scale = float(theirs.abs().max()) or 1.0
+        if not gap <= 1e-4 * max(1.0, scale):
+            raise ConfigError(
+                "graph analyses do not reproduce this model's forward pass (largest logit gap "
+                f"{gap:.3g}); they support pre-norm GPT-2-style blocks. Use the hook-based "
+                "patching (patch_sweep(..., method='hooks')) for this model"
+            )
 
     # --- structure ------------------------------------------------------------------------------
 

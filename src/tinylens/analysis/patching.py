@@ -230,7 +230,8 @@ def patch_sweep(
     raw = torch.full(shape, float("nan"))
     engine = _fast_engine(model, metric, site, n_pos, method)
     if engine is not None:
-        base = engine.forward(corrupt if direction == "denoise" else clean)
+        with torch.inference_mode():
+            base = engine.forward(corrupt if direction == "denoise" else clean)
     for layer in layers:
         hook = hook_of(layer)
         if direction == "denoise":

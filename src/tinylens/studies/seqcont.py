@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tinylens import runs
+from tinylens.analysis.circuits import overlap
 from tinylens.analysis.graph import ComponentGraph
 from tinylens.config import RunConfig, derive_seed, make_run_config
 from tinylens.errors import ConfigError, TinylensError, unknown_name
@@ -201,7 +202,7 @@ def shared_components(circuits: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "heads": sorted(n for n in common if n.startswith("A")),
         "mlps": sorted(n for n in common if n.startswith("M")),
         "pairs": {
-            f"{a}|{b}": sorted(sets[a] & sets[b])
+            f"{a}|{b}": {"common": sorted(sets[a] & sets[b]), **overlap(sets[a], sets[b])}
             for i, a in enumerate(families)
             for b in families[i + 1 :]
         },
@@ -230,29 +231,36 @@ def check_claims(results: dict[str, Any]) -> list[Claim]:
             "the pruned circuit keeps ≥ 80% with at most half of the heads",
         )
     ]
+    several = len(families) >= 2  # with one family, "shared" would be that circuit itself
     smallest = min(len(circuits[f]["heads"]) for f in families)
     claims.append(
         Claim(
             "The families share their heads",
             "eight heads are in all three circuits",
-            f"{len(shared['heads'])} heads in all {len(families)} circuits "
-            f"({', '.join(shared['heads']) or 'none'}); circuit sizes "
-            + ", ".join(f"{f} {len(circuits[f]['heads'])}" for f in families),
-            len(shared["heads"]) >= 1 and len(shared["heads"]) >= smallest / 2,
-            "at least half of the smallest circuit's heads are in every circuit",
+            (
+                f"{len(shared['heads'])} heads in all {len(families)} circuits "
+                f"({', '.join(shared['heads']) or 'none'}); circuit sizes "
+                + ", ".join(f"{f} {len(circuits[f]['heads'])}" for f in families)
+            )
+            if several
+            else f"not measured: the model continues only {first}",
+            several and len(shared["heads"]) >= 1 and len(shared["heads"]) >= smallest / 2,
+            "at least half of the smallest circuit's heads are in every circuit (of ≥ 2 families)",
         )
     )
     succ = results["successor"]
-    in_all = succ["top"] in shared["heads"]
+    in_all = several and succ["top"] in shared["heads"]
     claims.append(
         Claim(
             "A successor head does the increment",
             "one late head's OV circuit maps each member to the next, inside the shared circuit",
             f"top successor head {succ['top']}: next member ranked first for "
             f"{succ['top_score']:.0%} of members (chance {succ['chance']:.0%}); "
-            f"{'in' if in_all else 'not in'} every circuit",
+            f"{'in' if in_all else 'not in'} every circuit"
+            + ("" if several else " (only one family's circuit found)"),
             succ["top_score"] >= 0.5 and in_all,
-            "the best head ranks the successor first for ≥ 50% of members and is in every circuit",
+            "the best head ranks the successor first for ≥ 50% of members and is in the circuit of "
+            "every family (≥ 2 families)",
         )
     )
     cross = results["cross_family"]

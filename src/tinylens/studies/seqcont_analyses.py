@@ -13,7 +13,7 @@ from tinylens.analysis.graph import ComponentGraph
 from tinylens.analysis.patching import logit_diff, patch_sweep
 from tinylens.analysis.protocol import HookedModel
 from tinylens.analysis.successor import successor_scores
-from tinylens.errors import TokenError
+from tinylens.errors import ConfigError, TokenError
 from tinylens.tasks.seqcont import FAMILIES, PERIOD, TEMPLATE, SeqcontTask, filler_words
 
 
@@ -54,8 +54,8 @@ class WordEncoder:
     def _require_single(self, word: str, what: str) -> None:
         if self.table[self.task.vocab.index(word)] < 0:
             raise TokenError(
-                f"the {what} {word!r} is not a single token for this tokenizer; the metric needs "
-                "single-token answers and aligned prompts (study other families with --families)"
+                f"the {what} {word!r} is not a single token for this tokenizer; the study needs "
+                "single-token answers and prompts that align token by token"
             )
 
     def __call__(self, tokens: Int[torch.Tensor, "batch pos"]) -> Int[torch.Tensor, "batch pos2"]:
@@ -132,7 +132,8 @@ def family_circuit(
     edges = C.prune_edges(
         graph, nodes.circuit, prompts.clean, ablation=ablation, metric=metric, min_share=min_share
     )
-    scores = C.edge_attribution(graph, prompts.clean, prompts.corrupt, metric, ig_steps=ig_steps)
+    # ranked by the same intervention the curve measures: mean ablation
+    scores = C.edge_attribution(graph, prompts.clean, metric, ablation=ablation, ig_steps=ig_steps)
     n_edges = len(graph.edges)
     sizes = sorted({min(n_edges, round(n_edges ** (k / 12))) for k in range(1, 13)})
     curve = C.faithfulness_curve(graph, scores, sizes, prompts.clean, ablation=ablation, metric=metric)
@@ -186,6 +187,8 @@ def random_circuits(
     heads = [x.name for x in graph.nodes if x.head is not None]
     mlps = [x.name for x in graph.nodes if x.name.startswith("M")]
     ablation = C.mean_ablation(graph, prompts.corrupt)
+    if n < 1:
+        raise ConfigError(f"the random-circuit control needs at least one circuit, got n={n}")
     shares = []
     for _ in range(n):
         pick = [heads[int(i)] for i in torch.randperm(len(heads), generator=rng)[: len(like["heads"])]]

@@ -177,8 +177,8 @@ def sections(results: dict[str, Any]) -> list[Section]:
         ),
         Section(
             "Head patching",
-            "Normalised effect of mean-ablating each head at every position (1 = the clean logit "
-            "difference kept, 0 = the corrupted prompts'): heads far below 1 matter.",
+            "Normalised effect of mean-ablating each head at all positions at once (1 = the clean "
+            "logit difference kept, 0 = the corrupted prompts'): heads far below 1 matter.",
             figures=[
                 (
                     heatmaps_figure(
@@ -202,6 +202,15 @@ def sections(results: dict[str, Any]) -> list[Section]:
             "family's corrupted prompts), against random circuits with as many heads and MLPs.",
             figures=[
                 (cross_figure(results["cross_family"], results["random_circuits"]), "Cross-family")
+            ],
+            tables=[
+                (
+                    ["families", "components in both", "Jaccard overlap"],
+                    [
+                        [pair.replace("|", " & "), ", ".join(o["common"]), f"{o['jaccard']:.2f}"]
+                        for pair, o in shared["pairs"].items()
+                    ],
+                )
             ],
         ),
         Section(

@@ -126,8 +126,8 @@ class SeqcontTask(Task):
     ) -> Tokens:
         """``n`` prompts with their answers; each of a random family (or of ``family``)."""
         del train  # no enrichment: every family and start is equally likely
-        if family is not None and family not in FAMILIES:
-            raise unknown_name("seqcont family", family, FAMILIES)
+        if family is not None and family not in self.families:
+            raise unknown_name("seqcont family", family, self.families)
         choices = self.families if family is None else (family,)
         pick = torch.randint(0, len(choices), (n,), generator=generator)
         tokens = torch.empty(n, self.seq_len, dtype=torch.int64)
