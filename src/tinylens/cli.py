@@ -130,10 +130,12 @@ def predict(
     prompt = task.parse_prompt(text)[None]  # [1, prompt]
     answer = greedy_answer(trained.model, task, prompt)[0]
     truth = task.solve(prompt)[0, task.prompt_len :]
-    question = task.decode(prompt[0])
     verdict = "[green]correct[/]" if torch.equal(answer, truth) else "[red]wrong[/]"
-    out.print(f"{question}{task.decode(answer)}  model", highlight=False)
-    out.print(f"{question}{task.decode(truth)}  true  {verdict}", highlight=False)
+    # decode whole sequences: a task's text format may put separators between prompt and answer
+    model_text = task.decode(torch.cat([prompt[0], answer]))
+    true_text = task.decode(torch.cat([prompt[0], truth]))
+    out.print(f"{model_text}  model", highlight=False, soft_wrap=True)
+    out.print(f"{true_text}  true  {verdict}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -109,3 +109,17 @@ def test_bad_study_input_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert len(message.splitlines()) == 1 and "not a Hugging Face checkpoint" in message
+
+
+def test_predict_prints_whole_sentences(
+    seqcont_study_run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tinylens predict` on a seqcont model shows the prompt and the answer as one sentence."""
+    cfg = study_config("tiny")
+    assert cfg.model is not None
+    prompt = "Van done in 1. Hat done in 2. Ring done in 3. Desk done in 4. Sun done in"
+    workspace = str(seqcont_study_run.path.parent)
+    main(["predict", cfg.model.default_name(), prompt, "-w", workspace])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith(prompt + " 5  true")
+    assert lines[0].startswith(prompt + " ") and lines[0].endswith("  model")
