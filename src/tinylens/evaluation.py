@@ -170,9 +170,20 @@ def summarize(
 def greedy_answer(
     model: torch.nn.Module, task: Task, prompt: Int[torch.Tensor, "batch prompt"]
 ) -> Int[torch.Tensor, "batch answer"]:
-    """Decode the answer one token at a time, always taking the most likely token."""
-    seq = prompt
-    for _ in range(len(task.answer_positions)):
-        next_token = model(seq)[:, -1].argmax(-1, keepdim=True)  # [batch, 1]
-        seq = torch.cat([seq, next_token], dim=1)
-    return seq[:, prompt.shape[1] :]
+    """Decode the answer one token at a time, always taking the most likely token.
+
+    For tasks whose answers end in a stop token (``task.answer_end``), a row that has written it is
+    done: it is no longer run, and its remaining slots hold the task's padding, as in the data.
+    """
+    n_answer = len(task.answer_positions)
+    end = task.answer_end
+    answer = torch.full((prompt.shape[0], n_answer), end[1] if end else 0, dtype=prompt.dtype)
+    active = torch.ones(prompt.shape[0], dtype=torch.bool)
+    for i in range(n_answer):
+        if not active.any():
+            break
+        seq = torch.cat([prompt, answer[:, :i]], dim=1)[active]
+        answer[active, i] = model(seq)[:, -1].argmax(-1)
+        if end is not None:
+            active &= answer[:, i] != end[0]
+    return answer

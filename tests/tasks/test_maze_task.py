@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tinylens.cli import main
 from tinylens.config import make_run_config
 from tinylens.errors import ConfigError, TokenError, UnknownNameError
-from tinylens.evaluation import evaluate_logits
+from tinylens.evaluation import evaluate_logits, greedy_answer
 from tinylens.runs import train
 from tinylens.store import Workspace
 from tinylens.tasks import MazeTask, make_task
@@ -186,3 +186,30 @@ def test_next_steps_match_a_brute_force_reading(grid: int) -> None:
             assert allowed == {coord_token(c) for c in joined}
             assert coord_token(solved.path[k + 1]) in allowed
         assert not steps.valid_keys[b, ~steps.query[b]].any()
+
+
+def test_greedy_decoding_stops_each_row_at_path_end() -> None:
+    """Rows that wrote <PATH_END> are not run again and are padded; the rest go on."""
+    task = MazeTask(grid=3)
+    end, pad = task.answer_end
+    batch_sizes: list[int] = []
+
+    class Scripted(torch.nn.Module):
+        """Writes <PATH_END> at step 1 in even rows (by prompt parity), step 3 in odd rows."""
+
+        def forward(self, seq: torch.Tensor) -> torch.Tensor:
+            batch_sizes.append(seq.shape[0])
+            step = seq.shape[1] - task.prompt_len
+            odd = seq[:, 0] % 2 == 1
+            token = torch.where((odd & (step == 3)) | (~odd & (step == 1)), end, 0)
+            logits = torch.zeros(seq.shape[0], seq.shape[1], task.d_vocab)
+            logits[torch.arange(seq.shape[0]), -1, token] = 1.0
+            return logits
+
+    prompt = torch.zeros(4, task.prompt_len, dtype=torch.long)
+    prompt[:, 0] = torch.tensor([0, 1, 2, 3])
+    answer = greedy_answer(Scripted(), task, prompt)
+    assert answer.shape == (4, len(task.answer_positions))
+    assert answer[0].tolist()[:3] == [0, end, pad] and (answer[0, 2:] == pad).all()
+    assert answer[1].tolist()[:5] == [0, 0, 0, end, pad] and (answer[1, 4:] == pad).all()
+    assert batch_sizes == [4, 4, 2, 2]  # then every row is done: no further forward passes

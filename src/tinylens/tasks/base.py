@@ -77,6 +77,12 @@ class Task(ABC):
         """Which answer slots each example uses; default all (fixed-length answers)."""
         return torch.ones(tokens.shape[0], len(self.answer_positions), dtype=torch.bool)
 
+    @property
+    def answer_end(self) -> tuple[int, int] | None:
+        """For answers of varying length: (the token that ends an answer, the padding after it);
+        None for fixed-length answers. Greedy decoding stops a row once it writes the end token."""
+        return None
+
     def generation_metrics(
         self, prompt: Int[torch.Tensor, "batch prompt"], answer: Int[torch.Tensor, "batch answer"]
     ) -> dict[str, float]:

@@ -157,6 +157,10 @@ class MazeTask(Task):
         after_end = (is_end.cumsum(1) - is_end.long()) > 0
         return ~after_end
 
+    @property
+    def answer_end(self) -> tuple[int, int]:
+        return self._ids[PATH_END], self._ids[PADDING]
+
     def encode(self, text: str) -> Int[torch.Tensor, " pos"]:
         words = text.split()
         if len(words) != self.seq_len:
