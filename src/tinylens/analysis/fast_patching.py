@@ -146,7 +146,7 @@ class LastPositionEngine:
         if layer < self.n_layers - 1:  # a middle layer's attention spreads the change onwards
             full = base.pre[layer][prompt].clone()
             full[torch.arange(len(x)), pos] = x
-            return self.propagate_dense(base, layer, "pre", full)
+            return self.propagate_dense(layer, "pre", full)
         # the last layer: the changed position's key and value, and the last position's query
         keys = base.keys[layer][prompt].clone()
         values = base.values[layer][prompt].clone()
@@ -160,14 +160,10 @@ class LastPositionEngine:
         return self._logits(self._mlp(layer, out))
 
     def propagate_dense(
-        self,
-        base: BaseRun,
-        layer: int,
-        stage: Stage,
-        x: Float[torch.Tensor, "rows pos d_model"],
+        self, layer: int, stage: Stage, x: Float[torch.Tensor, "rows pos d_model"]
     ) -> Float[torch.Tensor, "rows d_vocab"]:
-        """Last-position logits when the whole residual at (``layer``, ``stage``) equals ``x``."""
-        del base  # every position is recomputed; kept for a uniform signature
+        """Last-position logits when the whole residual at (``layer``, ``stage``) equals ``x``
+        (``layer`` = n_layers: ``x`` is the final residual)."""
         last = x.shape[1] - 1
         if stage == "mid":
             x = self._mlp(layer, x)

@@ -33,8 +33,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
-from tinylens.analysis.protocol import HookedModel
-from tinylens.errors import ConfigError, TokenError
+from tinylens.analysis.protocol import HookedModel, check_token_ids
+from tinylens.errors import ConfigError
 
 NodeOutputs = Float[torch.Tensor, "node #batch pos d_model"]
 """Every node's output; a batch of 1 (e.g. means over reference prompts) broadcasts."""
@@ -203,7 +203,7 @@ class ComponentGraph:
             input_probe: added to every input (zeros with ``requires_grad`` give the gradient of a
                 metric with respect to each input, as edge attribution needs).
         """
-        self._check_tokens(tokens)
+        check_token_ids(tokens, int(self.model.cfg.d_vocab))
         n_var = 1 if mask is None or mask.ndim == 2 else mask.shape[0]
         if n_var > 1:
             tokens = tokens.repeat(n_var, 1)
@@ -286,13 +286,6 @@ class ComponentGraph:
         pattern = scores.masked_fill(causal, float("-inf")).softmax(-1)
         z = pattern @ v  # [rows, head, pos, d_head]
         return torch.einsum("bhpd,hdm->hbpm", z, m.W_O[layer])
-
-    def _check_tokens(self, tokens: torch.Tensor) -> None:
-        d_vocab = int(self.model.cfg.d_vocab)
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
-            raise TokenError("tokens must be a 2-d integer tensor [batch, pos]")
-        if tokens.numel() and not (int(tokens.min()) >= 0 and int(tokens.max()) < d_vocab):
-            raise TokenError(f"tokens hold ids outside the vocabulary 0–{d_vocab - 1}")
 
 
 def _original(component: Any) -> nn.Module:

@@ -37,7 +37,7 @@ from jaxtyping import Bool, Float, Int
 
 from tinylens import hooks
 from tinylens.analysis.fast_patching import BaseRun, LastPositionEngine
-from tinylens.analysis.protocol import HookedModel
+from tinylens.analysis.protocol import HookedModel, check_token_ids
 from tinylens.errors import ConfigError, TokenError
 from tinylens.hooks import check_hook_names
 
@@ -329,15 +329,8 @@ def _check_args(
             "denoising writes the clean activation into the corrupted run; source "
             f"{source!r} applies to noising only (pass direction='noise')"
         )
-    d_vocab = int(model.cfg.d_vocab)
     for name, tokens in (("clean", clean), ("corrupt", corrupt)):
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
-            raise TokenError(f"{name} tokens must be a 2-d integer tensor [batch, pos]")
-        if tokens.numel() and not (int(tokens.min()) >= 0 and int(tokens.max()) < d_vocab):
-            raise TokenError(
-                f"{name} tokens hold ids outside the vocabulary 0–{d_vocab - 1} "
-                f"(min {int(tokens.min())}, max {int(tokens.max())})"
-            )
+        check_token_ids(tokens, int(model.cfg.d_vocab), f"{name} tokens")
     if clean.shape != corrupt.shape:
         raise TokenError(
             f"clean tokens {list(clean.shape)} and corrupted tokens {list(corrupt.shape)} must "
@@ -398,7 +391,7 @@ def _fast_layer(
         out = []
         for h in range(n_heads):
             full = change[:, :, h] if replaces else resid + change[:, :, h]
-            logits = _dense(engine, base, at, stage, full)
+            logits = engine.propagate_dense(at, stage, full)
             out.append(metric.per_prompt(logits, torch.arange(batch)).mean())
         return torch.stack(out)
 
@@ -424,14 +417,6 @@ def _fast_layer(
             logits = engine.propagate(base, at, stage, x[part], rows_pos[part], rows_prompt[part])
         per_row.append(metric.per_prompt(logits, rows_prompt[part]))
     return torch.cat(per_row).view(n_var, batch).mean(1)
-
-
-def _dense(
-    engine: LastPositionEngine, base: BaseRun, at: int, stage: str, full: torch.Tensor
-) -> torch.Tensor:
-    if at == engine.n_layers:
-        return engine._logits(full[:, -1])
-    return engine.propagate_dense(base, at, stage, full)
 
 
 def _rows_per_chunk(engine: LastPositionEngine, n_pos: int) -> int:

@@ -11,6 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from tinylens.errors import TokenError
+
 HookFn = Callable[..., torch.Tensor | None]
 """A TransformerLens hook: ``fn(activation, *, hook) -> new activation or None``."""
 
@@ -34,3 +36,14 @@ class HookedModel(Protocol):
     ) -> torch.Tensor: ...
 
     def run_with_cache(self, input: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, Any]: ...
+
+
+def check_token_ids(tokens: object, d_vocab: int, name: str = "tokens") -> None:
+    """Raise :class:`TokenError` unless ``tokens`` is a 2-d integer tensor of ids below ``d_vocab``."""
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
+        raise TokenError(f"{name} must be a 2-d integer tensor [batch, pos]")
+    if tokens.numel() and not (int(tokens.min()) >= 0 and int(tokens.max()) < d_vocab):
+        raise TokenError(
+            f"{name} hold ids outside the vocabulary 0–{d_vocab - 1} "
+            f"(min {int(tokens.min())}, max {int(tokens.max())})"
+        )
