@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TINYLENS := $(VENV)/bin/tinylens
 WORKSPACE ?= runs
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench docs clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,15 @@ format: install
 
 bench: install
 	$(PY) benchmarks/train_speed.py
+
+# The API reference from the docstrings, offline, into build/docs/ (open build/docs/index.html).
+# pdoc's warnings (an annotation it cannot evaluate, a module it cannot import) are errors here; it
+# renders a reference it cannot resolve as plain text, so every reference is then checked.
+DOC_MODULES = $(shell cd src && find tinylens/analysis -name '*.py' | sed 's|/__init__\.py$$||; s|\.py$$||; s|/|.|g' | sort)
+docs: install
+	rm -rf build/docs
+	HF_HUB_OFFLINE=1 $(PY) -W error -m pdoc --docformat google -o build/docs tinylens $(DOC_MODULES)
+	$(PY) tests/analysis/test_docstring_refs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -3,7 +3,7 @@
 Same 2-layer model, same clean and corrupted prompts, same metric (logit difference at the last
 position), same patch (each head's ``hook_z`` at each position, noised from the corrupted run):
 ``transformer_lens.patching.get_act_patch_attn_head_out_by_pos`` runs one forward pass per patch,
-``tinylens.analysis.patching.patch_sweep(site="head")`` batches them. The two results are compared
+``tinylens.analysis.patch_sweep(site="head")`` batches them. The two results are compared
 element-wise before any time is printed.
 
     python benchmarks/patching_speed.py [--batch 16] [--pos 20] [--repeats 3] [--device cpu]
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import transformer_lens.patching as tl_patching
 
-from tinylens.analysis.patching import logit_diff, patch_sweep
+from tinylens.analysis import logit_diff, patch_sweep
 from tinylens.model import ModelConfig, build_model
 
 

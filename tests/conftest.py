@@ -12,9 +12,7 @@ import pytest
 
 from tinylens.runs import train
 from tinylens.store import Run, Workspace
-from tinylens.studies.addition import run_addition_study
-from tinylens.studies.maze import run_maze_study
-from tinylens.studies.seqcont import run_seqcont_study
+from tinylens.studies import run_study
 
 from .helpers import run_cfg
 
@@ -30,16 +28,17 @@ def trained_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
 @pytest.fixture(scope="session")
 def study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The addition study's run folder, made once with the tiny preset (seconds)."""
-    return run_addition_study(Workspace(tmp_path_factory.mktemp("study")), "tiny", progress=False)
+    return run_study("addition", Workspace(tmp_path_factory.mktemp("study")), "tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
 def maze_study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The maze study's run folder, made once with the tiny preset (3×3 mazes, seconds)."""
-    return run_maze_study(Workspace(tmp_path_factory.mktemp("maze-study")), "tiny", progress=False)
+    return run_study("maze", Workspace(tmp_path_factory.mktemp("maze-study")), "tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
 def seqcont_study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The seqcont study's run folder, made once with the tiny preset (a 2-layer model, seconds)."""
-    return run_seqcont_study(Workspace(tmp_path_factory.mktemp("seqcont-study")), "tiny", progress=False)
+    workspace = Workspace(tmp_path_factory.mktemp("seqcont-study"))
+    return run_study("seqcont", workspace, "tiny", progress=False)

@@ -61,6 +61,17 @@ def test_truncated_file_is_a_checkpoint_error(tmp_path: Path) -> None:
         load_model(path)
 
 
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    cfg = model_cfg()
+    path = tmp_path / "m.safetensors"
+    save_model(build_model(cfg, seed=0), cfg, path)
+    load_model(path, expected=cfg)
+    with pytest.raises(CheckpointError, match=r"n_ctx 18 \(config.json: 15\)"):
+        load_model(path, expected=model_cfg().sized(d_vocab=12, n_ctx=15))
+    with pytest.raises(CheckpointError, match=r"d_mlp 32 \(config.json: 64\)"):
+        load_model(path, expected=model_cfg(d_mlp=64))
+
+
 def test_missing_and_foreign_files_are_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "nope.safetensors")

@@ -36,12 +36,18 @@ def test_config_hash_ignores_key_order() -> None:
 
 def test_duplicate_and_bad_names(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    ws.create_run("r1", {}, kind="train")
-    with pytest.raises(ConfigError, match="already exists"):
-        ws.create_run("r1", {}, kind="train")
-    for bad in ["", "../x", ".hidden", "a/b", "x" * 200]:
+    first = ws.create_run("r1", {"a": 1}, kind="train")
+    again = ws.create_run("r1", {"a": 1}, kind="train")  # the same config: the same run
+    assert again.path == first.path and ws.run_names() == ["r1"]
+    with pytest.raises(ConfigError, match=r"already exists .* different config"):
+        ws.create_run("r1", {"a": 2}, kind="train")
+    for bad in ["", "../x", ".hidden", "a/b", "x" * 200, "evil\n", "a\nb"]:
         with pytest.raises(ConfigError, match="not allowed"):
             ws.create_run(bad, {}, kind="train")
+    for reserved in ["tinylens.db", "tinylens.db-wal", "TinyLens.DB-shm", "tinylens.db.corrupt-1"]:
+        with pytest.raises(ConfigError, match="reserved"):
+            ws.create_run(reserved, {}, kind="train")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("tinylens.db")) == ["r1"]
 
 
 def test_missing_run_lists_known_ones(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def _interrupt_mid_run(
 def test_sigkilled_run_resumes_bit_identical(tmp_path: Path, precision: str) -> None:
     overrides = {**LONG, "precision": precision}
     workspace, run, _ = _interrupt_mid_run(tmp_path, signal.SIGKILL, overrides)
-    assert Workspace(workspace).info(run).status == "running"  # killed: nobody updated it
+    assert Workspace(workspace).info(run).status == "interrupted"  # its process is gone
     resumed = resume(Workspace(workspace), run, progress=False)
     assert resumed.status == "done" and resumed.step == LONG["steps"]
 

@@ -1,28 +1,32 @@
 """The ``tinylens`` command line: train, resume, list, evaluate and query runs.
 
-Errors a user can cause print one line (``error: …``) to stderr and exit with code 2, no traceback.
+Exit codes: 0 done; 2 an error the user can fix (a bad option, config, run name, token or file),
+printed as one line ``error: …`` on stderr with no traceback; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import click
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click import exceptions as click_errors  # Typer's own copy of click, not `click`
 
 from tinylens import runs as runs_api
 from tinylens.config import PRESETS, derive_seed, make_run_config, read_overrides
 from tinylens.errors import TinylensError
-from tinylens.evaluation import EvalResult, evaluate, greedy_answer
+from tinylens.evaluation import EVAL_BATCH, EvalResult, EvalTally, greedy_answer
 from tinylens.store import DEFAULT_WORKSPACE, Workspace
 from tinylens.studies import run_study
-from tinylens.tasks import TASKS
+from tinylens.tasks import TASKS, Task
 
 app = typer.Typer(
     name="tinylens",
@@ -33,6 +37,20 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+EXIT_USAGE = 2
+"""Exit code of every error the user can fix."""
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report a process killed by it."""
+MAX_EVAL_QUESTIONS = 10**7
+"""Most questions ``tinylens eval --n`` scores (in batches of :data:`EVAL_BATCH`)."""
+MAX_MESSAGE = 1000
+"""Longest error line printed; longer ones (a message quoting huge input) are cut."""
+
+
+class Interrupted(Exception):  # noqa: N818 (a clean stop, not an error)
+    """A command stopped early by Ctrl-C, after saving what it needs to continue."""
+
 
 WorkspaceOpt = Annotated[
     Path, typer.Option("--workspace", "-w", help="Folder holding the runs and tinylens.db.")
@@ -97,17 +115,22 @@ def eval_run(
     as_json: JsonOpt = False,
 ) -> None:
     """Exact-match accuracy on fresh questions: overall, per answer digit and per class."""
-    if n < 1:
-        raise TinylensError(f"--n must be at least 1, got {n}")
+    if not 1 <= n <= MAX_EVAL_QUESTIONS:
+        raise TinylensError(f"--n must be between 1 and {MAX_EVAL_QUESTIONS:_}, got {n}")
     trained = runs_api.load_trained(Workspace(workspace), run, checkpoint)
     rng = torch.Generator().manual_seed(derive_seed(seed, "cli-eval"))
-    tokens = trained.task.sample(n, rng)
-    result = evaluate(trained.model, trained.task, tokens)
-    generated: dict[str, float] = {}
-    if trained.task.generation_metric_names:  # decode for real: judge what the model writes
-        prompt = tokens[:, : trained.task.prompt_len]
-        answer = greedy_answer(trained.model, trained.task, prompt)
-        generated = trained.task.generation_metrics(prompt, answer)
+    task, model = trained.task, trained.model
+    tally = EvalTally(task)
+    generated = {name: 0.0 for name in task.generation_metric_names}
+    for tokens in _sample_batches(task, n, rng):
+        tally.score(model, tokens)
+        if generated:  # decode for real: judge what the model writes
+            prompt = tokens[:, : task.prompt_len]
+            answer = greedy_answer(model, task, prompt)
+            for name, value in task.generation_metrics(prompt, answer).items():
+                generated[name] += value * len(tokens)  # metrics are means over questions
+    generated = {name: total / n for name, total in generated.items()}
+    result = tally.result()
     if as_json:
         payload = {"run": run, "step": trained.step, "seed": seed, **result.to_dict()}
         print(json.dumps({**payload, "generation": generated}, indent=2))
@@ -115,6 +138,12 @@ def eval_run(
     _print_eval(run, trained.step, result)
     for name, value in generated.items():
         out.print(f"{name.replace('_', ' ')} (greedy decoding): {value:.2%}", highlight=False)
+
+
+def _sample_batches(task: Task, n: int, rng: torch.Generator) -> Iterator[torch.Tensor]:
+    """``n`` fresh questions, drawn and handed out :data:`EVAL_BATCH` at a time."""
+    for start in range(0, n, EVAL_BATCH):
+        yield task.sample(min(EVAL_BATCH, n - start), rng)
 
 
 @app.command()
@@ -159,10 +188,22 @@ def study(
     out.print(str(run.report_path), highlight=False, soft_wrap=True)
 
 
+@app.command()
+def reindex(workspace: WorkspaceOpt = DEFAULT_WORKSPACE) -> None:
+    """Rebuild the run index (tinylens.db) from the run folders, e.g. after it was lost."""
+    if not workspace.is_dir():
+        raise TinylensError(f"no workspace folder {workspace}; nothing to index")
+    names = Workspace(workspace).reindex()
+    runs = "run" if len(names) == 1 else "runs"
+    out.print(f"indexed {len(names)} {runs} in {workspace}", highlight=False, soft_wrap=True)
+
+
 def _report_training(result: runs_api.TrainResult) -> None:
+    """One line on stderr about a finished training; raises :class:`Interrupted` after Ctrl-C."""
     if result.status == "interrupted":
-        err.print(f"interrupted at step {result.step}; continue with `tinylens resume {result.run}`")
-        return
+        raise Interrupted(
+            f"interrupted at step {result.step}; continue with `tinylens resume {result.run}`"
+        )
     ev = result.final_eval
     acc = f", held-out exact match {ev.exact:.2%}" if ev is not None else ""
     err.print(f"trained {result.run} for {result.step} steps in {result.elapsed_s:.0f} s{acc}")
@@ -187,19 +228,73 @@ def _print_eval(run: str, step: int, result: EvalResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
-    command = typer.main.get_command(app)
+    """Entry point: run the command line ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns normally on success; otherwise exits with :data:`EXIT_USAGE` after a one-line
+    ``error: …`` for anything the user can fix, or :data:`EXIT_INTERRUPTED` after Ctrl-C.
+    """
     try:
-        command.main(args=argv, prog_name="tinylens", standalone_mode=False)
+        code, message = _run(argv)
+    except KeyboardInterrupt:  # e.g. a second Ctrl-C while an error was being handled
+        code, message = EXIT_INTERRUPTED, "interrupted"
+    if code == EXIT_INTERRUPTED and argv is None:
+        # The real process: a further Ctrl-C while shutting down must not change the exit code
+        # (in-process callers, such as tests, keep their own SIGINT handling).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if message:
+        err.print(_one_line(message), highlight=False, markup=False, soft_wrap=True)
+    if code:
+        sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> tuple[int, str | None]:
+    """Run the app; (exit code, message to print on stderr or None)."""
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        # standalone_mode=False: errors reach us as exceptions, and `Exit(code)` (Typer's answer to
+        # --help, and to a KeyboardInterrupt inside a command: 130) comes back as the return value
+        code = command.main(args=args, prog_name="tinylens", standalone_mode=False)
     except TinylensError as error:
-        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(130)
-    except click.ClickException as error:  # usage errors: bad option, missing argument
-        error.show()
-        sys.exit(error.exit_code)
+        return EXIT_USAGE, f"error: {error}"
+    except (Interrupted, typer.Abort, KeyboardInterrupt) as stop:
+        return EXIT_INTERRUPTED, str(stop) if isinstance(stop, Interrupted) else "interrupted"
+    except click_errors.NoArgsIsHelpError as error:  # plain `tinylens`: the help, as for --help
+        out.print(error.format_message(), highlight=False, markup=False)
+        return 0, None
+    except typer.TyperException as error:  # bad option or value, missing argument, …
+        return EXIT_USAGE, f"error: {_usage_message(error, args)}"
+    if code == EXIT_INTERRUPTED:
+        return EXIT_INTERRUPTED, "interrupted"
+    return (code if isinstance(code, int) else 0), None
+
+
+def _usage_message(error: typer.TyperException, args: list[str]) -> str:
+    """Click's message, plus how to pass text that starts with '-' and where to find help."""
+    message = error.format_message()
+    if not isinstance(error, click_errors.UsageError):
+        return message
+    option = getattr(error, "option_name", "") or ""
+    if isinstance(error, click_errors.NoSuchOption) and re.match(r"-[\d.+=]", option):
+        # e.g. `predict RUN -1+2=`: a question starting with '-' reads as an option
+        command = error.ctx.command_path if error.ctx is not None else "tinylens COMMAND"
+        text = next((a for a in args if a.startswith(option)), option)
+        example = text if len(text) <= 40 else option  # the whole argument, unless it is long
+        return (
+            f"{message}; to pass text that starts with '-', put it after `--`, "
+            f"e.g. `{command} RUN -- {example}`"
+        )
+    if error.ctx is not None:
+        message += f" (see `{error.ctx.command_path} --help`)"
+    return message
+
+
+def _one_line(message: str) -> str:
+    """``message`` on one line of at most :data:`MAX_MESSAGE` characters."""
+    line = re.sub(r"\s*[\r\n]+\s*", " ", message.strip())
+    if len(line) > MAX_MESSAGE:
+        line = f"{line[:MAX_MESSAGE]}… ({len(line)} characters)"
+    return line
 
 
 if __name__ == "__main__":

@@ -17,19 +17,149 @@ A config file (TOML or JSON) overrides preset fields by section, e.g.::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, no_type_check
 
 from tinylens.errors import ConfigError, unknown_name
-from tinylens.model import ModelConfig, model_preset
+from tinylens.model import ActFn, ModelConfig, Norm, Positions, model_preset
 from tinylens.store import config_hash
-from tinylens.tasks import make_task
+from tinylens.tasks import TASKS, make_task
 
 Schedule = Literal["constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
+
+MAX_STEPS = 10**9
+"""Most optimizer updates a run may ask for (also bounds every step-count field)."""
+MAX_SEED = 2**63 - 1
+"""Largest seed (seeds are stored as JSON and SQLite integers)."""
+MAX_PARAMETERS = 10**9
+"""Largest model a config may describe: 4 GB of fp32 weights, plus twice that of AdamW state."""
+
+
+@dataclass(frozen=True)
+class Integer:
+    """A field that holds an integer in ``[low, high]`` (never a bool)."""
+
+    low: int
+    high: int
+    optional: bool = False
+    """None is allowed too."""
+
+    def problem(self, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not self.low <= value <= self.high:
+            return f"an integer in [{self.low}, {self.high:_}]" + (" or None" if self.optional else "")
+        return None
+
+
+@dataclass(frozen=True)
+class Number:
+    """A field that holds a finite number in a range; ``open_low``: the lower end is excluded."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = (
+            is_number
+            and math.isfinite(value)
+            and (self.low < value if self.open_low else self.low <= value)
+            and (value < self.high if self.open_high else value <= self.high)
+        )
+        if ok:
+            return None
+        interval = (
+            f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+        )
+        return f"a number in {interval}" + (" or None" if self.optional else "")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A field that holds one of the values of a ``Literal`` type (or None if ``optional``)."""
+
+    literal: Any
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        choices = get_args(self.literal)
+        # `x in choices` would accept True for a choice of 1; compare types as well
+        if any(type(value) is type(c) and value == c for c in choices):
+            return None
+        if value is None and self.optional:
+            return None
+        return f"one of {choices}" + (" or None" if self.optional else "")
+
+
+Rule = Integer | Number | Choice
+
+TRAIN_RULES: dict[str, Rule] = {
+    "steps": Integer(1, MAX_STEPS),
+    "batch_size": Integer(1, 2**20),
+    "lr": Number(0.0, 10.0, open_low=True),
+    "weight_decay": Number(0.0, 10.0),
+    "beta1": Number(0.0, 1.0, open_high=True),
+    "beta2": Number(0.0, 1.0, open_high=True),
+    "warmup_steps": Integer(0, MAX_STEPS),
+    "schedule": Choice(Schedule),
+    "grad_clip": Number(0.0, 1e6, open_low=True, optional=True),
+    "log_every": Integer(1, MAX_STEPS),
+    "eval_every": Integer(1, MAX_STEPS),
+    "eval_size": Integer(1, 10**6),
+    "eval_seed": Integer(0, MAX_SEED),
+    "save_every": Integer(1, MAX_STEPS),
+    "n_checkpoints": Integer(0, 1000),
+    "precision": Choice(Precision),
+}
+"""What each :class:`TrainConfig` field accepts."""
+
+MODEL_RULES: dict[str, Rule] = {
+    "n_layers": Integer(1, 256),
+    "n_heads": Integer(1, 256),
+    "d_model": Integer(1, 2**16),
+    "d_head": Integer(1, 2**16),
+    "d_mlp": Integer(0, 2**18),
+    "act_fn": Choice(ActFn),
+    "normalization_type": Choice(Norm, optional=True),
+    "positional_embedding": Choice(Positions),
+    "d_vocab": Integer(1, 2**20, optional=True),
+    "n_ctx": Integer(1, 2**16, optional=True),
+}
+"""What each :class:`~tinylens.model.ModelConfig` field accepts (checked here, at the boundary)."""
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def check_fields(section: str, values: dict[str, Any], rules: dict[str, Rule]) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``values`` its rule rejects.
+
+    Fields without a rule are left alone (unknown names are rejected separately).
+    """
+    for name, value in values.items():
+        rule = rules.get(name)
+        wanted = rule.problem(value) if rule is not None else None
+        if wanted is None:
+            continue
+        what = f"{section} {name}" if section else name
+        if isinstance(rule, Choice):
+            raise ConfigError(f"{what} {shown(value)} is not {wanted}")
+        raise ConfigError(f"{what} must be {wanted}, got {shown(value)}")
 
 
 # Validated by __post_init__ with our own errors; runtime type-checkers (the test suite's
@@ -71,35 +201,7 @@ class TrainConfig:
     evaluation stay fp32). About 1.5× the steps per second on a CPU with AVX-512 bf16."""
 
     def __post_init__(self) -> None:
-        numbers = ("lr", "weight_decay", "beta1", "beta2")
-        for f in (*numbers, *(("grad_clip",) if self.grad_clip is not None else ())):
-            value = getattr(self, f)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"train {f} must be a number, got {value!r}")
-        positive = ("steps", "batch_size", "log_every", "eval_every", "eval_size", "save_every")
-        for f in positive:
-            value = getattr(self, f)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"train {f} must be a positive integer, got {value!r}")
-        for f in ("warmup_steps", "n_checkpoints", "eval_seed"):
-            value = getattr(self, f)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"train {f} must be a non-negative integer, got {value!r}")
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"train lr must be positive, got {self.lr!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train weight_decay must be ≥ 0, got {self.weight_decay!r}")
-        for f in ("beta1", "beta2"):
-            if not 0 <= getattr(self, f) < 1:
-                raise ConfigError(f"train {f} must be in [0, 1), got {getattr(self, f)!r}")
-        for f, choices in (("schedule", Schedule), ("precision", Precision)):
-            if getattr(self, f) not in get_args(choices):
-                raise ConfigError(f"train {f} {getattr(self, f)!r} is not one of {get_args(choices)}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"train grad_clip must be positive or None, got {self.grad_clip!r}")
+        check_fields("train", {f.name: getattr(self, f.name) for f in fields(self)}, TRAIN_RULES)
 
 
 @dataclass(frozen=True)
@@ -158,6 +260,8 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Validated by __post_init__, like TrainConfig (see there).
+@no_type_check
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a training run's result."""
@@ -174,23 +278,57 @@ class RunConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the task (e.g. ``n_digits``), in the task's canonical form."""
 
+    def __post_init__(self) -> None:
+        for name in ("task", "preset"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"run config {name} must be a name, got {shown(getattr(self, name))}")
+        if not isinstance(self.model, ModelConfig) or not isinstance(self.train, TrainConfig):
+            raise ConfigError("run config model and train must be a ModelConfig and a TrainConfig")
+        check_fields("model", asdict(self.model), MODEL_RULES)
+        check_fields("run config", {"seed": self.seed}, {"seed": Integer(0, MAX_SEED)})
+        if not isinstance(self.task_options, dict):
+            raise ConfigError(f"run config task_options must be a table, got {shown(self.task_options)}")
+        check_task_options(self.task, self.task_options)
+        n_params = parameter_count(self.model)
+        if n_params > MAX_PARAMETERS:
+            raise ConfigError(
+                f"the model would have about {n_params:.3g} parameters; tinylens trains at most "
+                f"{MAX_PARAMETERS:_} (lower n_layers, d_model, d_mlp or n_heads × d_head)"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, data: Any) -> RunConfig:
+        """Rebuild a config from :meth:`to_dict`'s output (e.g. a run's ``config.json``), checking
+        every field's presence, type and range.
+
+        Raises:
+            ConfigError: ``data`` is not such a table, or a field is missing, unknown or invalid.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run config must be a table of fields, got {shown(data)}")
         _reject_unknown("run config", data, {f.name for f in fields(cls)})
-        try:
-            return cls(
-                task=data["task"],
-                preset=data["preset"],
-                model=ModelConfig.from_dict(data["model"]),
-                train=_train_from_dict(data["train"]),
-                seed=int(data.get("seed", 0)),
-                task_options=dict(data.get("task_options", {})),
-            )
-        except KeyError as err:
-            raise ConfigError(f"run config lacks the field {err}") from None
+        missing = [name for name in ("task", "preset", "model", "train") if name not in data]
+        if missing:
+            raise ConfigError(f"run config lacks the field {missing[0]!r}")
+        for section, known in (("model", ModelConfig), ("train", TrainConfig)):
+            if not isinstance(data[section], dict):
+                raise ConfigError(
+                    f"run config {section} must be a table of fields, got {shown(data[section])}"
+                )
+            _reject_unknown(section, data[section], {f.name for f in fields(known)})
+        # Check types before constructing: ModelConfig's own checks let booleans through.
+        check_fields("model", data["model"], MODEL_RULES)
+        return cls(
+            task=data["task"],
+            preset=data["preset"],
+            model=ModelConfig.from_dict(data["model"]),
+            train=TrainConfig(**data["train"]),
+            seed=data.get("seed", 0),
+            task_options=data.get("task_options", {}),
+        )
 
     @property
     def identity(self) -> str:
@@ -207,9 +345,33 @@ def _reject_unknown(what: str, data: dict[str, Any], known: set[str]) -> None:
         raise ConfigError(f"unknown {what} fields {unknown}; valid fields: {sorted(known)}")
 
 
-def _train_from_dict(data: dict[str, Any]) -> TrainConfig:
-    _reject_unknown("train", data, {f.name for f in fields(TrainConfig)})
-    return TrainConfig(**data)
+def check_task_options(task: str, options: dict[str, Any]) -> None:
+    """Reject a boolean where the task's option is a number (``n_digits = true`` would pass as 1).
+
+    The task's constructor checks everything else when the task is built.
+    """
+    cls = TASKS.get(task)
+    if cls is None:
+        raise unknown_name("task", task, sorted(TASKS))
+    defaults = {
+        name: param.default
+        for name, param in inspect.signature(cls).parameters.items()
+        if param.default is not inspect.Parameter.empty
+    }
+    for name, value in options.items():
+        default = defaults.get(name)
+        numeric = isinstance(default, int | float) and not isinstance(default, bool)
+        if numeric and isinstance(value, bool):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ConfigError(f"{task} {name} must be {kind} like {default!r}, got {shown(value)}")
+
+
+def parameter_count(model: ModelConfig) -> int:
+    """About how many parameters ``model`` has (weights of attention, MLP, embeddings)."""
+    attention = 4 * model.d_model * model.n_heads * model.d_head
+    mlp = 2 * model.d_model * model.d_mlp
+    embeddings = (2 * (model.d_vocab or 0) + (model.n_ctx or 0)) * model.d_model
+    return model.n_layers * (attention + mlp) + embeddings
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -222,13 +384,18 @@ def read_overrides(path: Path) -> dict[str, dict[str, Any]]:
     """Read a TOML or JSON file of ``{"task"|"model"|"train": {field: value}}`` overrides."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 TOML or JSON"
+        ) from None
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"config file {path} does not parse: {err}") from None
+    except (ValueError, RecursionError) as err:  # JSON/TOML decode errors are ValueErrors
+        message = str(err) if isinstance(err, ValueError) else "nested too deeply"
+        raise ConfigError(f"config file {path} does not parse: {shown(message, 200)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of sections [task], [model], [train]")
     _reject_unknown(f"section of {path.name}:", data, {"task", "model", "train"})
@@ -249,8 +416,7 @@ def make_run_config(
     """Resolve a task, a preset and optional overrides into a validated :class:`RunConfig`."""
     if preset not in PRESETS:
         raise unknown_name("preset", preset, PRESETS)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    check_fields("", {"seed": seed}, {"seed": Integer(0, MAX_SEED)})
     chosen = PRESETS[preset]
     recipe = chosen.per_task.get(task, {})
     overrides = overrides or {}
@@ -258,10 +424,12 @@ def make_run_config(
         section: {**recipe.get(section, {}), **overrides.get(section, {})}
         for section in {*recipe, *overrides}
     }
+    check_task_options(task, overrides.get("task", {}))
     task_obj = make_task(task, overrides.get("task"))
     base_model = model_preset(chosen.model)
     model_fields = {f.name for f in fields(ModelConfig)} - {"d_vocab", "n_ctx"}
     _reject_unknown("model", overrides.get("model", {}), model_fields)
+    check_fields("model", overrides.get("model", {}), MODEL_RULES)
     model = replace(base_model, **overrides.get("model", {}))
     train_over = overrides.get("train", {})
     _reject_unknown("train", train_over, {f.name for f in fields(TrainConfig)})

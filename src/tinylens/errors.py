@@ -39,3 +39,16 @@ def unknown_name(what: str, name: object, choices: Iterable[object]) -> UnknownN
     """Build the standard "unknown X 'y'; valid choices: a, b, c" error."""
     listed = ", ".join(str(c) for c in choices) or "(none)"
     return UnknownNameError(f"unknown {what} {name!r}; valid choices: {listed}")
+
+
+def quote(text: object, limit: int = 40) -> str:
+    """``repr`` of user input for an error message, cut to ``limit`` characters.
+
+    A long value keeps its first ``limit`` characters and says how long it was, so that a
+    10,000-digit operand makes a one-line message, not a 10,000-character one:
+    ``quote("1" * 10_000)`` → ``'1111…' (10000 characters)``.
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"

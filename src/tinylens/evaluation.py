@@ -4,10 +4,16 @@ Scoring is teacher-forced: the logits at ``p - 1`` predict the answer token at `
 as exactly right when every answer token is the argmax; that is the same as greedy decoding getting the
 whole answer right (a wrong token is the first place greedy decoding could diverge). Per-digit accuracy
 is the teacher-forced one, the paper's per-digit measure. :func:`greedy_answer` decodes for real.
+
+:func:`evaluate` scores tokens already in memory; :func:`evaluate_batches` scores a stream of batches
+(e.g. sampled one at a time) in memory that does not grow with the number of questions, and gives the
+same result as :func:`evaluate` on all of them at once (counts and accuracies equal, losses to
+rounding).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +21,9 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 
 from tinylens.tasks.base import Task, Tokens
+
+EVAL_BATCH = 512
+"""Questions scored per forward pass by :func:`evaluate_batches` and the CLI's ``eval``."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,97 @@ def summarize(
         token_groups=token_groups,
         question_groups=question_groups,
     )
+
+
+@dataclass
+class _Sum:
+    """Running totals of one group: loss summed in float64, hits and counts as exact integers."""
+
+    loss: float = 0.0
+    loss_terms: int = 0
+    hits: int = 0
+    count: int = 0
+
+    def add(self, loss: torch.Tensor, hit: torch.Tensor) -> None:
+        self.loss += float(loss.double().sum())
+        self.loss_terms += loss.numel()
+        self.hits += int(hit.sum())
+        self.count += hit.numel()
+
+    def score(self) -> GroupScore:
+        if self.count == 0:
+            return GroupScore(float("nan"), float("nan"), 0)
+        return GroupScore(self.loss / self.loss_terms, _rate(self.hits, self.count), self.count)
+
+
+def _rate(hits: int, count: int) -> float:
+    # float32 division, as in `hit.float().mean()`: the same value whether or not in batches
+    return float(torch.tensor(hits, dtype=torch.float32) / count)
+
+
+class EvalTally:
+    """Accumulates per-token scores batch by batch into an :class:`EvalResult`.
+
+    Grouping is the same as :func:`summarize`'s: overall loss and per-position scores over the slots
+    each question uses, token groups over used slots, question groups over whole questions.
+    """
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.n = 0
+        self.n_exact = 0
+        self.overall = _Sum()
+        self.positions = {name: _Sum() for name in task.answer_names}
+        self.token_groups: dict[str, _Sum] = {}
+        self.question_groups: dict[str, _Sum] = {}
+
+    def score(self, model: torch.nn.Module, tokens: Tokens) -> None:
+        """Run ``model`` on one batch of full sequences and count its scores."""
+        self.task.check_tokens(tokens)
+        self.add(tokens, *score_answers(model, self.task, tokens))
+
+    def add(
+        self,
+        tokens: Tokens,
+        loss: Float[torch.Tensor, "batch answer"],
+        correct: Bool[torch.Tensor, "batch answer"],
+    ) -> None:
+        """Count one batch: its tokens and their per-answer-token loss and correctness."""
+        valid = self.task.answer_valid(tokens)  # [batch, answer]
+        exact = (correct | ~valid).all(dim=1)  # [batch]
+        self.n += tokens.shape[0]
+        self.n_exact += int(exact.sum())
+        self.overall.add(loss[valid], correct[valid])
+        for i, name in enumerate(self.task.answer_names):
+            used = valid[:, i]
+            self.positions[name].add(loss[used, i], correct[used, i])
+        for name, group in self.task.token_groups(tokens).items():
+            mask = group & valid
+            self.token_groups.setdefault(name, _Sum()).add(loss[mask], correct[mask])
+        for name, mask in self.task.question_groups(tokens).items():
+            # a question group's loss counts every slot of its questions, as summarize does
+            self.question_groups.setdefault(name, _Sum()).add(loss[mask], exact[mask])
+
+    def result(self) -> EvalResult:
+        return EvalResult(
+            n=self.n,
+            loss=self.overall.score().loss,
+            exact=_rate(self.n_exact, self.n) if self.n else float("nan"),
+            positions={k: v.score() for k, v in self.positions.items()},
+            token_groups={k: v.score() for k, v in self.token_groups.items()},
+            question_groups={k: v.score() for k, v in self.question_groups.items()},
+        )
+
+
+def evaluate_batches(model: torch.nn.Module, task: Task, batches: Iterable[Tokens]) -> EvalResult:
+    """Score ``model`` on every batch of ``batches`` (full sequences of ``task``), keeping only
+    running totals: memory does not grow with the number of batches. The result equals
+    :func:`evaluate` on the batches concatenated (counts and accuracies exactly, losses to rounding).
+    """
+    tally = EvalTally(task)
+    for tokens in batches:
+        tally.score(model, tokens)
+    return tally.result()
 
 
 @torch.no_grad()

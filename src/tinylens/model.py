@@ -157,20 +157,41 @@ def model_metadata(cfg: ModelConfig, extra: dict[str, str] | None = None) -> dic
     return {"kind": MODEL_KIND, "model_config": json.dumps(asdict(cfg)), **(extra or {})}
 
 
-def load_model(path: Path) -> TransformerBridge:
+def load_model(path: Path, expected: ModelConfig | None = None) -> TransformerBridge:
     """Rebuild a model saved by :func:`save_model` (or a run checkpoint) and load its weights.
 
+    Args:
+        path: the safetensors file.
+        expected: the architecture the caller's config describes (e.g. a run's ``config.json``);
+            the checkpoint's own stored config must equal it.
+
     Raises:
-        CheckpointError: the file is missing, truncated, corrupt, or does not match its config.
+        CheckpointError: the file is missing, truncated, corrupt, damaged (checksum), does not match
+            its own config, or holds another architecture than ``expected``.
     """
     tensors, metadata = load_tensors(Path(path), kind=MODEL_KIND)
     cfg = config_from_metadata(metadata, path)
+    if expected is not None and cfg != expected:
+        raise CheckpointError(
+            f"{path} holds a model with {_differences(cfg, expected)} than its run's config.json "
+            "describes; restore the run's config.json, or train a new run with the new config"
+        )
     model = build_model(cfg, seed=0)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not match its own model config: {err}") from None
     return model.eval()
+
+
+def _differences(stored: ModelConfig, expected: ModelConfig) -> str:
+    """E.g. "n_ctx 18 (config.json: 15)": the fields in which two configs differ."""
+    parts = [
+        f"{f.name} {getattr(stored, f.name)!r} (config.json: {getattr(expected, f.name)!r})"
+        for f in fields(ModelConfig)
+        if getattr(stored, f.name) != getattr(expected, f.name)
+    ]
+    return "other " + ", ".join(parts) if parts else "another config"
 
 
 def config_from_metadata(metadata: dict[str, str], path: Path) -> ModelConfig:

@@ -13,6 +13,13 @@ Bookkeeping, all through the workspace (:mod:`tinylens.store`):
 * the full training state (weights, optimizer, data RNG, partial log sums) every ``save_every``
   steps, at the end and on Ctrl-C. A run killed at any moment resumes from that state and ends with
   weights bit-identical to an uninterrupted run: nothing random happens outside the saved state.
+  Ctrl-C saves only that state, so an interrupted and resumed run has exactly the checkpoints of an
+  uninterrupted one.
+
+One trainer works on a run at a time: a second one (another ``tinylens train`` of the same config)
+waits for the first, then finds the run finished. A loss or weight that becomes NaN or infinite stops
+training with a :class:`DivergenceError` before anything non-finite is saved, so the run keeps its
+last good state.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,13 +40,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tinylens.config import RunConfig, TrainConfig, derive_seed
-from tinylens.errors import CheckpointError
+from tinylens.errors import CheckpointError, TinylensError
 from tinylens.evaluation import EvalResult, answer_loss, evaluate, masked_mean
 from tinylens.model import build_model, model_metadata, model_tensors
 from tinylens.store import Run, load_tensors
 from tinylens.tasks import make_task
 
 STATE_KIND = "tinylens.train_state"
+
+
+class DivergenceError(TinylensError):
+    """Training diverged: the loss (or a weight) became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +104,31 @@ class Trainer:
         self._log_count = 0
         self._pending: list[tuple[int, str, float]] = []
         self._stop_requested = False
+        # Recorded in every checkpoint, so loading it can tell whether config.json was edited since.
+        self._run_config_hash = run.config_hash
 
     # -- public --
 
     def fit(self) -> TrainResult:
+        """Train to ``cfg.train.steps`` (resuming the run's saved state), holding the run's lock.
+
+        Raises:
+            DivergenceError: the loss or the weights became non-finite; the run is marked
+                ``failed`` and keeps its last saved (finite) state.
+        """
+        with self.run.lock(on_wait=self._say_waiting):
+            self.run.workspace.remove_stale_files()
+            self.run.remove_stale_files()
+            return self._fit()
+
+    def _say_waiting(self) -> None:
+        print(
+            f"run {self.run.name} is being trained by another process; waiting for it to finish",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _fit(self) -> TrainResult:
         tc = self.cfg.train
         self._restore()
         ckpt_steps = checkpoint_steps(tc)
@@ -131,8 +164,7 @@ class Trainer:
             raise
         self.elapsed_s = elapsed_before + time.perf_counter() - started
         if self.step < tc.steps:  # stopped by Ctrl-C: keep everything needed to resume
-            self._save_state()
-            self._save_checkpoint()
+            self._save_state()  # and no step checkpoint: an uninterrupted run would lack it
             self.run.set_status("interrupted", self.step)
             return TrainResult(self.run.name, self.step, "interrupted", None, self.elapsed_s)
         if final_eval is None:  # resumed a finished run
@@ -160,6 +192,9 @@ class Trainer:
         token_loss = answer_loss(logits.float(), batch, self.task)  # [batch, answer]
         valid = self.task.answer_valid(batch)  # [batch, answer]; all True for fixed-length answers
         loss = masked_mean(token_loss, valid)
+        if not bool(torch.isfinite(loss)):  # before the update: the weights are still good
+            value = float(loss.detach())
+            raise self._diverged(f"loss became {'NaN' if math.isnan(value) else value}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip is not None:
@@ -192,16 +227,35 @@ class Trainer:
 
     # -- persistence --
 
+    def _diverged(self, what: str) -> DivergenceError:
+        saved = self.run.state_file()
+        kept = "its last saved state is kept" if saved else "nothing was saved"
+        return DivergenceError(
+            f"{what} at step {self.step}; lower the learning rate (train.lr = {self.cfg.train.lr:g}) "
+            f"or keep gradient clipping on, and train a new run ({kept})"
+        )
+
+    def _finite_weights(self) -> dict[str, torch.Tensor]:
+        """The model's weights; a non-finite one stops training before it is saved."""
+        tensors = model_tensors(self.model)
+        for name, value in tensors.items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise self._diverged(f"weight {name} became NaN or infinite")
+        return tensors
+
     def _save_checkpoint(self) -> None:
-        meta = model_metadata(self.cfg.model, {"step": str(self.step)})
-        self.run.save_checkpoint(self.step, model_tensors(self.model), meta)
+        meta = model_metadata(
+            self.cfg.model, {"step": str(self.step), "run_config_hash": self._run_config_hash}
+        )
+        self.run.save_checkpoint(self.step, self._finite_weights(), meta)
 
     def _save_state(self) -> None:
         """Flush metrics, then write weights + optimizer + RNG + log sums as one atomic file."""
+        weights = self._finite_weights()
         self.run.log_metrics(self._pending)
         self._pending = []
         opt = self.optimizer.state_dict()
-        tensors = {f"model.{k}": v for k, v in model_tensors(self.model).items()}
+        tensors = {f"model.{k}": v for k, v in weights.items()}
         for idx, state in opt["state"].items():
             tensors.update({f"optim.{idx}.{k}": v for k, v in state.items()})
         tensors["rng.data"] = self.data_rng.get_state()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tinylens.analysis as C
 from tinylens import hooks
-from tinylens.analysis import circuits as C
 from tinylens.analysis.ablation import Ablation, run_ablated
+from tinylens.analysis.circuits import metric_per_variant
 from tinylens.analysis.geometry import rank_correlation
 from tinylens.analysis.graph import ComponentGraph
-from tinylens.analysis.patching import logit_diff
+from tinylens.analysis.metrics import logit_diff
 from tinylens.errors import ConfigError
 from tinylens.model import ModelConfig, build_model
 
@@ -36,13 +37,13 @@ def setup():
 def test_eap_and_eap_ig_rank_edges_like_exact_patching(setup) -> None:
     graph, metric = setup["graph"], setup["metric"]
     exact = C.all_edge_effects(
-        graph, setup["clean"], metric, ablation=C.corrupt_ablation(graph, setup["corrupt"])
+        graph, setup["clean"], metric, ablated=C.node_outputs(graph, setup["corrupt"])
     )
     on_graph = graph.adjacency
     rho = {}
     for steps in (0, 5):
-        ablation = C.corrupt_ablation(graph, setup["corrupt"])
-        scores = C.edge_attribution(graph, setup["clean"], metric, ablation=ablation, ig_steps=steps)
+        ablated = C.node_outputs(graph, setup["corrupt"])
+        scores = C.edge_attribution(graph, setup["clean"], metric, ablated=ablated, ig_steps=steps)
         assert (scores[~on_graph] == 0).all()
         rho[steps] = rank_correlation(scores[on_graph], exact[on_graph])
     # measured 0.72 and 0.85: integrated gradients fix part of what the first-order EAP misses
@@ -56,12 +57,12 @@ def test_eap_is_the_first_order_term_of_exact_edge_patching(setup) -> None:
     with torch.no_grad():
         clean_out = graph.run(clean).outputs
         corrupt_out = graph.run(setup["corrupt"]).outputs
-    scores = C.edge_attribution(graph, clean, metric, ablation=corrupt_out)
+    scores = C.edge_attribution(graph, clean, metric, ablated=corrupt_out)
     on_graph = graph.adjacency
     errors = []
     for eps in (1e-2, 1e-3):
         nudged = clean_out + eps * (corrupt_out - clean_out)
-        exact = C.all_edge_effects(graph, clean, metric, ablation=nudged.double().float())
+        exact = C.all_edge_effects(graph, clean, metric, ablated=nudged.double().float())
         errors.append(float((exact[on_graph] / eps - scores[on_graph]).abs().max()))
     scale = float(scores.abs().max())
     assert errors[0] < 0.05 * scale
@@ -70,17 +71,17 @@ def test_eap_is_the_first_order_term_of_exact_edge_patching(setup) -> None:
 
 def test_the_whole_graph_keeps_everything_and_no_circuit_nothing(setup) -> None:
     graph, metric = setup["graph"], setup["metric"]
-    ablation = C.mean_ablation(graph, setup["corrupt"])
+    ablated = C.mean_node_outputs(graph, setup["corrupt"])
     everything = C.Circuit(frozenset(graph.edges))
-    score = C.faithfulness(graph, everything, setup["clean"], ablation=ablation, metric=metric)
+    score = C.faithfulness(graph, everything, setup["clean"], ablated=ablated, metric=metric)
     assert score.circuit == pytest.approx(score.full, abs=1e-5)
     assert score.share == pytest.approx(1.0, abs=1e-5)
     # one edge only: the embedding straight to the logits
     direct = C.Circuit(frozenset({("embed", "logits")}))
-    alone = C.faithfulness(graph, direct, setup["clean"], ablation=ablation, metric=metric)
+    alone = C.faithfulness(graph, direct, setup["clean"], ablated=ablated, metric=metric)
     assert alone.full == score.full and alone.empty == score.empty
     with pytest.raises(ConfigError, match="empty"):
-        C.faithfulness(graph, C.Circuit(frozenset()), setup["clean"], ablation=ablation, metric=metric)
+        C.faithfulness(graph, C.Circuit(frozenset()), setup["clean"], ablated=ablated, metric=metric)
 
 
 def test_a_pruned_circuit_keeps_the_share_it_claims(setup) -> None:
@@ -89,7 +90,7 @@ def test_a_pruned_circuit_keeps_the_share_it_claims(setup) -> None:
     model, graph, metric, clean, corrupt = (
         setup[k] for k in ("model", "graph", "metric", "clean", "corrupt")
     )
-    pruned = C.prune_nodes(graph, clean, ablation=C.mean_ablation(graph, corrupt), metric=metric)
+    pruned = C.prune_nodes(graph, clean, ablated=C.mean_node_outputs(graph, corrupt), metric=metric)
     assert pruned.share >= 0.8
     assert pruned.dropped and len(pruned.circuit.nodes) < len(graph.nodes)
     ablations = []
@@ -107,42 +108,36 @@ def test_a_pruned_circuit_keeps_the_share_it_claims(setup) -> None:
 
 def test_edge_pruning_keeps_its_share_and_only_removes(setup) -> None:
     graph, metric, clean = setup["graph"], setup["metric"], setup["clean"]
-    ablation = C.mean_ablation(graph, setup["corrupt"])
-    nodes = C.prune_nodes(graph, clean, ablation=ablation, metric=metric)
-    edges = C.prune_edges(graph, nodes.circuit, clean, ablation=ablation, metric=metric)
+    ablated = C.mean_node_outputs(graph, setup["corrupt"])
+    nodes = C.prune_nodes(graph, clean, ablated=ablated, metric=metric)
+    edges = C.prune_edges(graph, nodes.circuit, clean, ablated=ablated, metric=metric)
     assert edges.circuit.edges <= nodes.circuit.edges
     assert edges.share >= 0.8
-    score = C.faithfulness(graph, edges.circuit, clean, ablation=ablation, metric=metric)
+    score = C.faithfulness(graph, edges.circuit, clean, ablated=ablated, metric=metric)
     assert score.share == pytest.approx(edges.share, abs=1e-5)
 
 
 def test_faithfulness_curve_ends_at_the_full_model(setup) -> None:
     graph, metric, clean = setup["graph"], setup["metric"], setup["clean"]
-    ablation = C.corrupt_ablation(graph, setup["corrupt"])
-    scores = C.edge_attribution(graph, clean, metric, ablation=ablation)
+    ablated = C.node_outputs(graph, setup["corrupt"])
+    scores = C.edge_attribution(graph, clean, metric, ablated=ablated)
     n_edges = len(graph.edges)
-    curve = C.faithfulness_curve(
-        graph, scores, [5, 20, n_edges], clean, ablation=ablation, metric=metric
-    )
+    curve = C.faithfulness_curve(graph, scores, [5, 20, n_edges], clean, ablated=ablated, metric=metric)
     assert [k for k, _ in curve] == [5, 20, n_edges]
     assert curve[-1][1].normalised == pytest.approx(1.0, abs=1e-4)
     # each point equals faithfulness of the same top-k circuit run on its own
     k, batched = curve[1]
-    alone = C.faithfulness(graph, C.top_edges(graph, scores, k), clean, ablation=ablation, metric=metric)
+    alone = C.faithfulness(graph, C.top_edges(graph, scores, k), clean, ablated=ablated, metric=metric)
     assert batched.circuit == pytest.approx(alone.circuit, abs=1e-5)
 
 
 def test_path_patching_a_head_receiver_patches_its_three_inputs(setup) -> None:
     graph, metric, clean = setup["graph"], setup["metric"], setup["clean"]
-    ablation = C.corrupt_ablation(graph, setup["corrupt"])
-    both = C.path_patching(
-        graph, clean, metric, [("A0.1", "A1.3"), ("A0.1", "logits")], ablation=ablation
-    )
+    ablated = C.node_outputs(graph, setup["corrupt"])
+    both = C.path_patching(graph, clean, metric, [("A0.1", "A1.3"), ("A0.1", "logits")], ablated=ablated)
     parts = [("A0.1", f"A1.3.{p}") for p in "qkv"]
     mask = graph.edge_mask(parts).unsqueeze(0)
-    assert float(both[0]) == pytest.approx(
-        C._metric_per_variant(graph, clean, ablation, mask, metric)[0]
-    )
+    assert float(both[0]) == pytest.approx(metric_per_variant(graph, clean, ablated, mask, metric)[0])
 
 
 def test_overlap_and_node_circuit(setup) -> None:
@@ -159,12 +154,14 @@ def test_overlap_and_node_circuit(setup) -> None:
 
 def test_bad_arguments_get_clear_errors(setup) -> None:
     graph, metric, clean = setup["graph"], setup["metric"], setup["clean"]
-    ablation = C.corrupt_ablation(graph, setup["corrupt"])
+    ablated = C.node_outputs(graph, setup["corrupt"])
     with pytest.raises(ConfigError, match="same prompt length"):
-        C.edge_attribution(graph, clean[:, :-1], metric, ablation=ablation)
+        C.edge_attribution(graph, clean[:, :-1], metric, ablated=ablated)
     with pytest.raises(ConfigError, match="ig_steps"):
-        C.edge_attribution(graph, clean, metric, ablation=ablation, ig_steps=-1)
+        C.edge_attribution(graph, clean, metric, ablated=ablated, ig_steps=-1)
     with pytest.raises(ConfigError, match="at least one edge"):
         C.top_edges(graph, torch.zeros(len(graph.inputs), len(graph.nodes)), 0)
     with pytest.raises(ConfigError, match="metric is"):
-        C.prune_nodes(graph, clean, ablation=C.mean_ablation(graph, clean), metric=lambda x: x.sum() * 0)
+        C.prune_nodes(
+            graph, clean, ablated=C.mean_node_outputs(graph, clean), metric=lambda x: x.sum() * 0
+        )

@@ -38,6 +38,9 @@ D_VOCAB = 20
 # (site, per_position) → TransformerLens's function for it.
 TL_FUNCTIONS = {
     ("resid_pre", True): tl_patching.get_act_patch_resid_pre,
+    # run without gradients, TransformerLens's patch setters edit the activation in place, so its
+    # resid_mid patch reaches the residual stream, not only the MLP's input: ours (see the README)
+    ("resid_mid", True): tl_patching.get_act_patch_resid_mid,
     ("attn_out", True): tl_patching.get_act_patch_attn_out,
     ("mlp_out", True): tl_patching.get_act_patch_mlp_out,
     ("head", True): tl_patching.get_act_patch_attn_head_out_by_pos,
@@ -96,7 +99,8 @@ def test_sweep_equals_transformer_lens(model, prompts, site, per_position, direc
     base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
     with torch.no_grad():
         _, source_cache = model.run_with_cache(source)
-    reference = TL_FUNCTIONS[(site, per_position)](model, base, source_cache, metric)
+    with torch.no_grad():  # TransformerLens clones (not edits) activations that require grad
+        reference = TL_FUNCTIONS[(site, per_position)](model, base, source_cache, metric)
     assert ours.raw.shape == reference.shape
     torch.testing.assert_close(ours.raw, reference.float(), atol=1e-5, rtol=0)
 
@@ -157,7 +161,8 @@ def test_a_patch_after_the_last_position_read_changes_nothing(model, prompts) ->
 @pytest.mark.parametrize("method", ["fast", "hooks"])
 def test_resid_mid_patches_the_residual_stream_itself(model, prompts, method) -> None:
     """Patching the residual between attention and MLP changes what the MLP reads and what passes
-    on (HookedTransformer's meaning; TransformerLens 4's bridge changes the MLP's input only)."""
+    on (HookedTransformer's meaning, and TransformerLens's in-place ``get_act_patch_resid_mid``; a
+    hook that returns a new tensor on the bridge would change the MLP's input only)."""
     if model.cfg.attn_only:
         pytest.skip("attention-only model")
     metric = logit_diff(prompts["answer"], prompts["contrast"])
@@ -178,6 +183,37 @@ def test_resid_mid_patches_the_residual_stream_itself(model, prompts, method) ->
             with torch.no_grad():
                 logits = model.run_with_hooks(clean, fwd_hooks=[(hooks.attn_out(layer), patch)])
             assert float(ours.raw[layer, pos]) == pytest.approx(float(metric(logits)), abs=1e-5)
+
+
+def test_transformer_lens_resid_mid_patch_reaches_the_residual_only_in_place(prompts) -> None:
+    """What the README states: ``get_act_patch_resid_mid`` of TransformerLens 4.3 equals ours when
+    run without gradients (its setter edits the activation in place, which the bridge's residual
+    stream shares); with gradients on it patches a clone, which reaches only the MLP's input, as any
+    hook returning a new ``hook_resid_mid`` tensor does."""
+    cfg = ModelConfig(**SHAPES[0], d_vocab=D_VOCAB, n_ctx=16)  # type: ignore[arg-type]
+    model = build_model(cfg, seed=0).eval()
+    metric = logit_diff(prompts["answer"], prompts["contrast"])
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    ours = patch_sweep(model, clean, corrupt, metric, site="resid_mid", method="hooks").raw
+    with torch.no_grad():
+        _, cache = model.run_with_cache(corrupt)
+        in_place = tl_patching.get_act_patch_resid_mid(model, clean, cache, metric)
+    torch.testing.assert_close(ours, in_place.float(), atol=1e-5, rtol=0)
+    cloned = tl_patching.get_act_patch_resid_mid(model, clean, cache, metric)
+    mlp_input_only = torch.zeros_like(ours)
+    for layer in range(model.cfg.n_layers):
+        for pos in range(clean.shape[1]):
+
+            def new_tensor(act, *, hook, layer=layer, pos=pos):
+                act = act.clone()
+                act[:, pos] = cache[hooks.resid_mid(layer)][:, pos]
+                return act
+
+            with torch.no_grad():
+                logits = model.run_with_hooks(clean, fwd_hooks=[(hooks.resid_mid(layer), new_tensor)])
+            mlp_input_only[layer, pos] = metric(logits)
+    torch.testing.assert_close(cloned.float(), mlp_input_only, atol=1e-5, rtol=0)
+    assert not torch.allclose(ours, mlp_input_only, atol=1e-3)
 
 
 @pytest.mark.parametrize("method", ["fast", "hooks"])

@@ -35,14 +35,14 @@ def graph() -> ComponentGraph:
 def test_a_hand_built_successor_head_scores_one(graph) -> None:
     family = torch.arange(N)
     assert torch.allclose(graph.model.W_E, torch.eye(N))
-    scores = successor_scores(graph, [family])
+    scores = successor_scores(graph.model, [family])
     assert scores.shape == (1, 2)
     assert float(scores[0, 0]) == 1.0  # every member's OV image ranks its successor first
     assert float(scores[0, 1]) == 0.0  # an identity OV ranks the member itself first
     # a family in reverse order: the shift head now maps each member to its predecessor
-    assert float(successor_scores(graph, [family.flip(0)])[0, 0]) == 0.0
+    assert float(successor_scores(graph.model, [family.flip(0)])[0, 0]) == 0.0
 
 
 def test_families_need_two_members(graph) -> None:
     with pytest.raises(ConfigError, match="at least two members"):
-        successor_scores(graph, [torch.tensor([3])])
+        successor_scores(graph.model, [torch.tensor([3])])

@@ -58,8 +58,8 @@ def test_report_opens_with_every_figure(
     browser: webdriver.Chrome, request: pytest.FixtureRequest, fixture: str, n_claims: int
 ) -> None:
     study_run: Run = request.getfixturevalue(fixture)
-    browser.get((study_run.path / "report.html").resolve().as_uri())
-    n_figures = len(list((study_run.path / "figures").glob("*.png")))
+    browser.get(study_run.report_path.resolve().as_uri())
+    n_figures = len(study_run.figure_names())
     images = browser.execute_script("return document.images.length")
     decoded = browser.execute_script(
         "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"

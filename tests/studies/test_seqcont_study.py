@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from tinylens import analysis as C
 from tinylens import runs
-from tinylens.analysis import circuits as C
-from tinylens.analysis.graph import ComponentGraph
+from tinylens.analysis import ComponentGraph
 from tinylens.cli import main
 from tinylens.config import derive_seed
 from tinylens.errors import ConfigError, TokenError, UnknownNameError
@@ -18,7 +17,7 @@ from tinylens.model import load_pretrained, load_pretrained_tokenizer
 from tinylens.store import Run, Workspace
 from tinylens.studies import run_study
 from tinylens.studies import seqcont_analyses as an
-from tinylens.studies.seqcont import run_seqcont_study, study_config
+from tinylens.studies.seqcont import study_config
 from tinylens.tasks.seqcont import PAPER_FAMILIES, SeqcontTask
 
 from ..helpers import save_tiny_gpt2
@@ -27,16 +26,15 @@ RESULTS = ["behaviour", "circuits", "cross_family", "random_circuits", "successo
 
 
 def read(run: Run, name: str):
-    return json.loads((run.path / "results" / f"{name}.json").read_text())
+    return run.read_result(name)
 
 
 def test_study_writes_results_figures_and_report(seqcont_study_run: Run) -> None:
-    path: Path = seqcont_study_run.path
     for name in [*RESULTS, "claims"]:
-        assert (path / "results" / f"{name}.json").is_file(), name
-    figures = sorted(p.name for p in (path / "figures").glob("*.png"))
+        assert seqcont_study_run.read_result(name) is not None, name
+    figures = seqcont_study_run.figure_names()
     assert len(figures) == 5
-    html = (path / "report.html").read_text()
+    html = seqcont_study_run.report_path.read_text()
     assert html.index("Claims") < html.index("Behaviour and circuits")
     assert html.count("data:image/png;base64,") == len(figures)
     claims = read(seqcont_study_run, "claims")
@@ -47,7 +45,7 @@ def test_every_circuit_keeps_the_share_it_reports(seqcont_study_run: Run) -> Non
     """Re-run each family's node circuit from the saved result (fresh prompts of the same seed)
     and check it keeps the share the study wrote down."""
     cfg = study_config("tiny")
-    workspace = Workspace(seqcont_study_run.path.parent)
+    workspace = seqcont_study_run.workspace
     assert cfg.model is not None
     trained = runs.load_trained(workspace, cfg.model.default_name())
     graph = ComponentGraph(trained.model)
@@ -57,12 +55,12 @@ def test_every_circuit_keeps_the_share_it_reports(seqcont_study_run: Run) -> Non
         assert found["node_share"] >= cfg.min_share and found["edge_share"] >= cfg.min_share
         seed = derive_seed(cfg.seed, f"seqcont-{family}")
         prompts = an.family_prompts(task, an.WordEncoder(task), family, cfg.n_prompts, seed)
-        ablation = C.mean_ablation(graph, prompts.corrupt)
+        ablated = C.mean_node_outputs(graph, prompts.corrupt)
         score = C.faithfulness(
             graph,
             C.node_circuit(graph, found["nodes"]),
             prompts.clean,
-            ablation=ablation,
+            ablated=ablated,
             metric=prompts.metric,
         )
         assert score.share == pytest.approx(found["node_share"], abs=1e-4)
@@ -71,8 +69,9 @@ def test_every_circuit_keeps_the_share_it_reports(seqcont_study_run: Run) -> Non
 def test_a_local_gpt2_checkpoint_is_studied_without_training(tmp_path: Path) -> None:
     task = SeqcontTask()
     save_tiny_gpt2(tmp_path / "gpt2", list(task.vocab), seed=0)
-    run = run_seqcont_study(Workspace(tmp_path / "ws"), "tiny", progress=False, model=tmp_path / "gpt2")
-    assert str(tmp_path / "gpt2") in (run.path / "report.html").read_text()
+    workspace = Workspace(tmp_path / "ws")
+    run = run_study("seqcont", workspace, "tiny", progress=False, model=tmp_path / "gpt2")
+    assert str(tmp_path / "gpt2") in run.report_path.read_text()
     graph = read(run, "graph")
     assert (graph["n_layers"], graph["n_heads"]) == (2, 4)
     assert set(read(run, "behaviour")) == set(PAPER_FAMILIES)
@@ -118,8 +117,15 @@ def test_predict_prints_whole_sentences(
     cfg = study_config("tiny")
     assert cfg.model is not None
     prompt = "Van done in 1. Hat done in 2. Ring done in 3. Desk done in 4. Sun done in"
-    workspace = str(seqcont_study_run.path.parent)
+    workspace = str(seqcont_study_run.workspace.root)
     main(["predict", cfg.model.default_name(), prompt, "-w", workspace])
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith(prompt + " 5  true")
     assert lines[0].startswith(prompt + " ") and lines[0].endswith("  model")
+
+
+def test_a_model_that_barely_continues_passes_no_claim(seqcont_study_run: Run) -> None:
+    """The tiny preset's 60-step model is right on a few prompts at most: no claim may hold."""
+    behaviour = read(seqcont_study_run, "behaviour")
+    assert max(b["accuracy"] for b in behaviour.values()) < 0.5
+    assert [c["claim"] for c in read(seqcont_study_run, "claims") if c["holds"]] == []

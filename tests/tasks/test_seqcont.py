@@ -116,3 +116,38 @@ def test_bad_options_and_names_are_clear() -> None:
     with pytest.raises(TokenError, match="not a member"):
         task.successor(task.vocab.index("Van"))
     assert make_task("seqcont", {"n_items": 3}).seq_len == 14
+
+
+PROMPT = "Van done in {}. Hat done in {}. Ring done in {}. Desk done in {}. Sun done in"
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        (("12", "19", "14", "15"), "do not continue one family in order; after '12' a numerals"),
+        (("12", "March", "14", "15"), "12, March, 14, 15, do not continue one family"),
+        (("March", "April", "June", "July"), "shows March, April, May, June"),
+        (("17", "18", "19", "20"), "'20' is the last of the numerals family"),
+    ],
+)
+def test_a_prompt_must_continue_one_family_in_order(task, members, message) -> None:
+    with pytest.raises(TokenError, match=message):
+        task.parse_prompt(PROMPT.format(*members))
+
+
+def test_consistent_prompts_of_every_family_parse(task) -> None:
+    for family, order in FAMILIES.items():
+        prompt = task.parse_prompt(PROMPT.format(*order[2:6]))
+        assert task.vocab[int(task.solve(prompt[None])[0, -1])] == order[6], family
+
+
+def test_errors_quote_long_input_cut() -> None:
+    task = SeqcontTask()
+    long_word = "x" * 10_000
+    for call in (task.encode, task.parse_prompt):
+        with pytest.raises(TokenError) as caught:
+            call(f"Van done in {long_word}")
+        assert len(str(caught.value)) < 300 and "(10012 characters)" in str(caught.value)
+    with pytest.raises(TokenError) as caught:
+        task.parse_prompt(PROMPT.format("1", "2", "3", long_word))
+    assert len(str(caught.value)) < 300 and "(10000 characters)" in str(caught.value)

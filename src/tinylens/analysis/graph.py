@@ -12,28 +12,30 @@ Background:
 Why by hand:
     TransformerLens's bridge offers no hook before the per-head Q/K/V projections for our native
     models (``set_use_split_qkv_input`` raises NotImplementedError), so a head's three inputs cannot
-    be told apart through hooks. :class:`ComponentGraph` therefore recomputes the attention of each
-    head from the model's own weights (``W_Q`` … ``W_O``, TransformerLens layout) and calls the
-    model's own norm and MLP modules, and its forward pass is tested equal to the model's on random
-    models of several shapes and on a GPT-2 checkpoint.
+    be told apart through hooks. :class:`ComponentGraph` therefore runs the model from its weights
+    through :class:`~tinylens.analysis.forward.WeightForward` (which refuses models it does not
+    reproduce), giving each head its own q, k and v input; its forward pass is tested equal to the
+    model's on random models of several shapes and on a GPT-2 checkpoint.
 
 Usage:
     graph = ComponentGraph(model)
     run = graph.run(tokens)                       # logits and every node's output
     patched = graph.run(tokens, patch=corrupt_run.outputs, mask=mask)   # edges with mask 1 patched
+
+References:
+    Wang et al. 2022 (IOI, path patching); Conmy et al. 2023 (ACDC); Syed et al. 2023 (EAP);
+    auto-circuit (UFO-101/auto-circuit), whose edge masks this graph's masks follow.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from torch import nn
 
-from tinylens.analysis.protocol import HookedModel, check_token_ids
+from tinylens.analysis.forward import WeightForward
+from tinylens.analysis.protocol import WeightedModel, check_token_ids
 from tinylens.errors import ConfigError
 
 NodeOutputs = Float[torch.Tensor, "node #batch pos d_model"]
@@ -79,28 +81,12 @@ class ComponentGraph:
     or tinylens's rotary positions, LayerNorm / RMSNorm / no norm, attention-only or with MLPs.
     """
 
-    def __init__(self, model: HookedModel) -> None:
-        cfg = model.cfg
-        if getattr(cfg, "parallel_attn_mlp", False):
-            raise ConfigError("graph analyses need sequential attention then MLP blocks")
-        if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-            raise ConfigError("graph analyses do not support grouped-query attention")
+    def __init__(self, model: WeightedModel) -> None:
+        self.forward = WeightForward(model)  # refuses a model it cannot reproduce
         self.model = model
-        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
-        self.d_head = int(cfg.d_head)
-        self.has_mlp = not getattr(cfg, "attn_only", False) and bool(getattr(cfg, "d_mlp", 0))
-        positions = getattr(cfg, "positional_embedding_type", "standard")
-        if positions not in ("standard", "rotary"):
-            raise ConfigError(f"graph analyses support learned or rotary positions, not {positions!r}")
-        self.rotary = positions == "rotary"
-        if self.rotary and not hasattr(_original(model.blocks[0].attn), "rotary"):
-            raise ConfigError(
-                "graph analyses support rotary positions only for tinylens's own models; this "
-                f"model's attention is {type(_original(model.blocks[0].attn)).__name__}"
-            )
-        use_scale = getattr(cfg, "use_attn_scale", True)
-        scale = float(getattr(cfg, "attn_scale", -1.0))
-        self.attn_scale = (scale if scale > 0 else math.sqrt(self.d_head)) if use_scale else 1.0
+        self.n_layers, self.n_heads = self.forward.n_layers, self.forward.n_heads
+        self.d_head = self.forward.d_head
+        self.has_mlp = self.forward.has_mlp
 
         self.nodes: list[Node] = [Node("embed", -1)]
         self.inputs: list[Input] = []
@@ -117,24 +103,6 @@ class ComponentGraph:
         self.node_index = {n.name: i for i, n in enumerate(self.nodes)}
         self.input_index = {d.name: i for i, d in enumerate(self.inputs)}
         self.adjacency = self._adjacency()
-        self._check_equals_model()
-
-    def _check_equals_model(self) -> None:
-        """Refuse a model this reimplementation does not reproduce (post-norm blocks, scaled
-        attention variants, …): one short forward pass of both must agree."""
-        n_ctx = int(getattr(self.model.cfg, "n_ctx", 8) or 8)
-        rng = torch.Generator().manual_seed(0)
-        probe = torch.randint(0, int(self.model.cfg.d_vocab), (2, min(6, n_ctx)), generator=rng)
-        with torch.no_grad():
-            ours, theirs = self.run(probe).logits, self.model(probe)
-        gap = float((ours - theirs).abs().max())
-        scale = float(theirs.abs().max()) or 1.0
-        if not gap <= 1e-4 * max(1.0, scale):
-            raise ConfigError(
-                "graph analyses do not reproduce this model's forward pass (largest logit gap "
-                f"{gap:.3g}); they support pre-norm GPT-2-style blocks. Use the hook-based "
-                "patching (patch_sweep(..., method='hooks')) for this model"
-            )
 
     # --- structure ------------------------------------------------------------------------------
 
@@ -214,31 +182,26 @@ class ComponentGraph:
             diff_mask = (mask * self.adjacency).to(patch.dtype)
             if diff_mask.ndim == 2:
                 diff_mask = diff_mask.unsqueeze(0)
-        model = self.model
-        x0 = model.W_E[tokens] if embed is None else embed.repeat(n_var, 1, 1)
-        if not self.rotary and embed is None:
-            x0 = x0 + model.W_pos[: tokens.shape[1]]
+        fwd = self.forward
+        x0 = fwd.embed(tokens) if embed is None else embed.repeat(n_var, 1, 1)
         outputs: list[torch.Tensor] = [x0]
         resid = x0
         for layer in range(self.n_layers):
-            block = model.blocks[layer]
             first = self.input_index[f"A{layer}.0.q"]
             heads = slice(first, first + 3 * self.n_heads)
             x = self._read(resid, outputs, heads, patch, diff_mask, n_var, input_probe)
-            head_out = self._attention(layer, _norm(block, "ln1", x))  # [head, rows, pos, d]
+            head_out = self._attention(layer, fwd.norm(layer, "ln1", x))  # [head, rows, pos, d]
             outputs.extend(head_out.unbind(0))
-            resid = resid + head_out.sum(0) + model.b_O[layer]
+            resid = resid + head_out.sum(0) + self.model.b_O[layer]
             if self.has_mlp:
                 i = self.input_index[f"M{layer}"]
                 x = self._read(resid, outputs, slice(i, i + 1), patch, diff_mask, n_var, input_probe)
-                mlp_out = _original(block.mlp)(_norm(block, "ln2", x[0]))
+                mlp_out = fwd.mlp(layer, x[0])
                 outputs.append(mlp_out)
                 resid = resid + mlp_out
         i = self.input_index["logits"]
         x = self._read(resid, outputs, slice(i, i + 1), patch, diff_mask, n_var, input_probe)[0]
-        final = _original(model.ln_final)(x) if hasattr(model, "ln_final") else x
-        logits = final @ model.W_U + model.b_U
-        return GraphRun(logits=logits, outputs=torch.stack(outputs))
+        return GraphRun(logits=fwd.unembed(x), outputs=torch.stack(outputs))
 
     def _read(
         self,
@@ -273,26 +236,7 @@ class ComponentGraph:
         self, layer: int, x: Float[torch.Tensor, "qkv_head rows pos d_model"]
     ) -> Float[torch.Tensor, "head rows pos d_model"]:
         """Every head's output ``z_h W_O[h]`` given separate (normed) q, k and v inputs per head."""
-        m, n_h = self.model, self.n_heads
+        n_h = self.n_heads
         xq, xk, xv = x[:n_h], x[n_h : 2 * n_h], x[2 * n_h :]
-        q = torch.einsum("hbpm,hmd->bhpd", xq, m.W_Q[layer]) + m.b_Q[layer][None, :, None]
-        k = torch.einsum("hbpm,hmd->bhpd", xk, m.W_K[layer]) + m.b_K[layer][None, :, None]
-        v = torch.einsum("hbpm,hmd->bhpd", xv, m.W_V[layer]) + m.b_V[layer][None, :, None]
-        if self.rotary:
-            q, k = _original(m.blocks[layer].attn).rotary.apply_rope(q, k)
-        n_pos = x.shape[2]
-        scores = q @ k.transpose(-1, -2) / self.attn_scale
-        causal = torch.triu(torch.ones(n_pos, n_pos, dtype=torch.bool), diagonal=1)
-        pattern = scores.masked_fill(causal, float("-inf")).softmax(-1)
-        z = pattern @ v  # [rows, head, pos, d_head]
-        return torch.einsum("bhpd,hdm->hbpm", z, m.W_O[layer])
-
-
-def _original(component: Any) -> nn.Module:
-    """The plain torch module behind a bridge component (the component itself if it is one)."""
-    return getattr(component, "original_component", component)
-
-
-def _norm(block: Any, name: str, x: torch.Tensor) -> torch.Tensor:
-    norm = getattr(block, name, None)
-    return x if norm is None else _original(norm)(x)
+        q, k, v = self.forward.qkv_per_head(layer, xq, xk, xv)
+        return self.forward.head_outputs(layer, self.forward.attend(q, k, v))

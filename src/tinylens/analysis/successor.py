@@ -26,46 +26,49 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float, Int
 
-from tinylens.analysis.graph import ComponentGraph
+from tinylens.analysis.forward import WeightForward, original
+from tinylens.analysis.protocol import WeightedModel
 from tinylens.errors import ConfigError
 
 
 def effective_embedding(
-    graph: ComponentGraph, tokens: Int[torch.Tensor, " token"]
+    weights: WeightForward, tokens: Int[torch.Tensor, " token"]
 ) -> Float[torch.Tensor, "token d_model"]:
     """``W_E[t]`` plus the first MLP's output on it (the attention of layer 0 left out)."""
-    model = graph.model
-    x = model.W_E[tokens]
-    if graph.has_mlp:
-        block = model.blocks[0]
-        ln2 = getattr(block, "ln2", None)
-        normed = x if ln2 is None else getattr(ln2, "original_component", ln2)(x)
-        x = x + getattr(block.mlp, "original_component", block.mlp)(normed)
+    x = weights.model.W_E[tokens]
+    if weights.has_mlp:
+        x = x + weights.mlp(0, x)
     return x
 
 
 def successor_scores(
-    graph: ComponentGraph, families: Sequence[torch.Tensor]
+    model: WeightedModel, families: Sequence[Int[torch.Tensor, " _member"]]
 ) -> Float[torch.Tensor, "layer head"]:
     """Per head, the share of members whose OV output ranks the next member first in its family.
 
-    ``families``: per family, its members' token ids in order (1-d tensors of any lengths ≥ 2).
+    Args:
+        model: a TransformerLens model the forward-from-weights code supports (see
+            :class:`~tinylens.analysis.forward.WeightForward`).
+        families: per family, its members' token ids in order (1-d tensors of any lengths ≥ 2;
+            the lengths may differ, hence the unchecked `_member` axis).
+
+    Returns:
+        Scores in [0, 1]; chance is about one over the family size.
     """
     if not families or any(len(f) < 2 for f in families):
         raise ConfigError("successor scores need families of at least two members each")
-    model = graph.model
-    scores = torch.zeros(graph.n_layers, graph.n_heads)
+    weights = WeightForward(model)
+    scores = torch.zeros(weights.n_layers, weights.n_heads)
     total = sum(len(f) - 1 for f in families)
     with torch.no_grad():
         for members in families:
-            x = effective_embedding(graph, members)  # [member, d_model]
-            for layer in range(graph.n_layers):
-                ln1 = getattr(model.blocks[layer], "ln1", None)
-                normed = x if ln1 is None else getattr(ln1, "original_component", ln1)(x)
+            x = effective_embedding(weights, members)  # [member, d_model]
+            for layer in range(weights.n_layers):
+                normed = weights.norm(layer, "ln1", x)
                 # [head, member, d_model]: each head's OV image of each member
                 ov = torch.einsum("mn,hnd,hde->hme", normed, model.W_V[layer], model.W_O[layer])
                 final = getattr(model, "ln_final", None)
-                out = ov if final is None else getattr(final, "original_component", final)(ov)
+                out = ov if final is None else original(final)(ov)
                 logits = out @ model.W_U[:, members]  # [head, member, member]
                 best = logits[:, :-1].argmax(-1)  # [head, member − 1]
                 hits = best == torch.arange(1, len(members))

@@ -9,7 +9,7 @@ Background:
 
 Usage:
     tinylens study addition --preset quick        # CPU, minutes
-    run = run_addition_study(Workspace("runs"), "quick")
+    run = run_study("addition", Workspace("runs"), "quick")
 
 References:
     Quirke & Barez 2023, arXiv:2310.13121; github.com/PhilipQuirke/verified_transformers.
@@ -17,21 +17,20 @@ References:
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from tinylens import runs
 from tinylens.config import RunConfig, derive_seed, make_run_config
-from tinylens.errors import TinylensError, unknown_name
+from tinylens.errors import unknown_name
 from tinylens.evaluation import evaluate
-from tinylens.store import Run, Workspace
 from tinylens.studies import addition_analyses as an
 from tinylens.studies import addition_figures as figs
-from tinylens.studies.common import study_run
-from tinylens.studies.report import Claim, render_report
+from tinylens.studies.claims import Claim, Condition
+from tinylens.studies.framework import Study, StudyContext
+from tinylens.studies.report import Section
 from tinylens.tasks import AdditionTask
 
 
@@ -84,20 +83,54 @@ def study_config(preset: str) -> AdditionStudyConfig:
     )
 
 
-def run_addition_study(workspace: Workspace, preset: str = "quick", *, progress: bool = True) -> Run:
-    """Train or reuse both models, run every analysis, write results, figures and the report."""
-    cfg = study_config(preset)
-    started = time.perf_counter()
-    trained = {}
-    for key, run_cfg in (("1-layer", cfg.one_layer), ("2-layer", cfg.two_layer)):
-        result = runs.train(workspace, run_cfg, progress=progress)
-        if result.status != "done":
-            raise TinylensError(
-                f"training of the {key} model stopped at step {result.step}; continue it with "
-                f"`tinylens resume {result.run}`, then run the study again"
-            )
-        trained[key] = runs.load_trained(workspace, result.run)
-    study = study_run(workspace, "addition", cfg.preset, cfg.to_dict())
+@dataclass(frozen=True)
+class AdditionResult:
+    """Every measurement of the addition study (JSON-ready values, see each analysis)."""
+
+    config: AdditionStudyConfig
+    task: AdditionTask
+    runs: dict[str, str]
+    """Model role ("1-layer", "2-layer") → its training run's name."""
+    eval: dict[str, dict[str, Any]]
+    """Role → :meth:`EvalResult.to_dict` on fresh uniform questions."""
+    digit_curves: dict[str, Any]
+    """:func:`addition_analyses.digit_curves` of the 1-layer run."""
+    class_accuracy: dict[str, dict[str, Any]]
+    """Role → :func:`addition_analyses.class_accuracy`."""
+    error_residue: dict[str, Any]
+    attention_staircase: dict[str, Any]
+    position_ablation: dict[str, dict[str, Any]]
+    """Role → :func:`addition_analyses.position_ablation`."""
+    head_ablation: dict[str, Any]
+    high_loss_cases: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "eval": self.eval,
+            "digit_curves": self.digit_curves,
+            "class_accuracy": self.class_accuracy,
+            "error_residue": self.error_residue,
+            "attention_staircase": self.attention_staircase,
+            "position_ablation": self.position_ablation,
+            "head_ablation": self.head_ablation,
+            "high_loss_cases": self.high_loss_cases,
+        }
+
+    def meta(self) -> list[str]:
+        cfg = self.config
+        return [
+            f"1-layer run {self.runs['1-layer']}, 2-layer run {self.runs['2-layer']}",
+            f"{cfg.n_eval} fresh questions for accuracy, {cfg.n_analysis} for attention and "
+            f"ablation, {cfg.n_per_class} curated per class",
+        ]
+
+
+def measure(ctx: StudyContext, cfg: AdditionStudyConfig) -> AdditionResult:
+    """Train or reuse both models and run every analysis."""
+    trained = {
+        key: ctx.trained(run_cfg, f"{key} model")
+        for key, run_cfg in (("1-layer", cfg.one_layer), ("2-layer", cfg.two_layer))
+    }
     task = trained["1-layer"].task
     assert isinstance(task, AdditionTask)
     rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "addition-study"))
@@ -105,140 +138,172 @@ def run_addition_study(workspace: Workspace, preset: str = "quick", *, progress:
     analysis_tokens = task.sample(cfg.n_analysis, rng)
     curated = {c: task.sample_case(c, cfg.n_per_class, rng) for c in range(6)}
     one, two = trained["1-layer"].model, trained["2-layer"].model
-
-    # -- measurements --
-    evals = {key: evaluate(t.model, task, eval_tokens) for key, t in trained.items()}
-    curves = an.digit_curves(trained["1-layer"].run, task)
-    classes = {key: an.class_accuracy(t.model, task, curated) for key, t in trained.items()}
-    residue = an.error_residue(one, task, eval_tokens)
-    staircase = an.attention_staircase(one, task, analysis_tokens)
-    positions = {key: an.position_ablation(t.model, task, analysis_tokens) for key, t in trained.items()}
-    heads = an.head_ablation(one, task, analysis_tokens)
-    worst = an.high_loss_cases(one, two, task, eval_tokens)
-    results = {
-        "eval": {key: ev.to_dict() for key, ev in evals.items()},
-        "digit_curves": curves,
-        "class_accuracy": classes,
-        "error_residue": residue,
-        "attention_staircase": staircase,
-        "position_ablation": positions,
-        "head_ablation": heads,
-        "high_loss_cases": worst,
-    }
-    for name, value in results.items():
-        study.write_result(name, value)
-
-    claims = check_claims(evals["1-layer"].exact, curves, classes, residue, positions, heads)
-    study.write_result("claims", [c.to_dict() for c in claims])
-
-    # -- report --
-    meta = [
-        f"preset {preset}; 1-layer run {trained['1-layer'].run.name}, "
-        f"2-layer run {trained['2-layer'].run.name}",
-        f"{cfg.n_eval} fresh questions for accuracy, {cfg.n_analysis} for attention and ablation, "
-        f"{cfg.n_per_class} curated per class; the study took "
-        f"{time.perf_counter() - started:.0f} s (training included, where it ran now)",
-    ]
-    sections = figs.sections(results, task)
-    html, pngs = render_report(
-        "Understanding Addition in Transformers — reproduction", meta, claims, sections
+    one_run = trained["1-layer"].run
+    return AdditionResult(
+        config=cfg,
+        task=task,
+        runs={key: t.run.name for key, t in trained.items()},
+        eval={key: evaluate(t.model, task, eval_tokens).to_dict() for key, t in trained.items()},
+        digit_curves=an.digit_curves(
+            one_run.metrics("train/loss/"), one_run.metrics("eval/loss/"), task
+        ),
+        class_accuracy={key: an.class_accuracy(t.model, task, curated) for key, t in trained.items()},
+        error_residue=an.error_residue(one, task, eval_tokens),
+        attention_staircase=an.attention_staircase(one, task, analysis_tokens),
+        position_ablation={
+            key: an.position_ablation(t.model, task, analysis_tokens) for key, t in trained.items()
+        },
+        head_ablation=an.head_ablation(one, task, analysis_tokens),
+        high_loss_cases=an.high_loss_cases(one, two, task, eval_tokens),
     )
-    for name, png in pngs.items():
-        study.write_figure_png(name, png)
-    study.write_report(html)
-    study.set_status("done")
-    return study
+
+
+def sections(result: AdditionResult) -> list[Section]:
+    return figs.sections(result.to_json(), result.task)
 
 
 # -- claims ---------------------------------------------------------------------------------------
 
 
-def check_claims(
-    exact_1l: float,
-    curves: dict[str, Any],
-    classes: dict[str, dict[str, Any]],
-    residue: dict[str, Any],
-    positions: dict[str, dict[str, Any]],
-    heads: dict[str, Any],
-) -> list[Claim]:
-    """Each claim of STUDIES.md against our measurements; the rules are stated in each claim."""
-    claims = []
-    mids = {d: v["mid"] for d, v in curves["digits"].items() if v["drop"] > 0}
+PHASE_MIN_DROP = 1.0
+"""A digit's smoothed log-loss must fall by ≥ 1 nat (loss to ≤ 37% of its start) to count as a
+phase: a model that learned nothing has wiggles of 0.1–0.2 nats that are no phase change."""
+
+
+def check_claims(result: AdditionResult) -> list[Claim]:
+    """Each claim of STUDIES.md against our measurements; the rule is stated in each claim."""
+    one = "1-layer"
+    return [
+        phases_claim(result.digit_curves),
+        own_position_claim(result.position_ablation[one]),
+        heads_claim(result.head_ablation),
+        accuracy_claim(result.eval[one]["exact"]),
+        residue_claim(result.error_residue),
+        some_cascades_claim(result.class_accuracy[one]),
+        two_layer_claim(result.class_accuracy["2-layer"]),
+    ]
+
+
+def phases_claim(curves: dict[str, Any]) -> Claim:
+    """Digits learn on their own curves: distinct half-way steps of digits whose loss really falls."""
+    digits = curves["digits"]
+    mids = {d: v["mid"] for d, v in digits.items() if v["drop"] >= PHASE_MIN_DROP}
     latest = max(mids.values(), default=0)
     spread = (latest - min(mids.values(), default=0)) / max(latest, 1)
     order = ", ".join(f"{d}@{s}" for d, s in sorted(mids.items(), key=lambda kv: kv[1])) or "none"
-    claims.append(
-        Claim(
-            "Each answer digit's loss falls on its own curve, semi-independently, in phases",
-            "digits learn at different times",
-            f"half-way steps: {order}; spread {spread:.0%} of the latest",
-            spread >= 0.2 and len(set(mids.values())) >= 3,
-            "≥ 3 distinct half-way steps, spread ≥ 20% of the latest half-way step",
-        )
+    return Claim.of(
+        "Each answer digit's loss falls on its own curve, semi-independently, in phases",
+        "digits learn at different times",
+        f"{len(mids)} of {len(digits)} digits' log-loss falls ≥ {PHASE_MIN_DROP:g} nat; "
+        f"half-way steps: {order}; spread {spread:.0%} of the latest",
+        [
+            Condition("digits whose loss falls", len(mids), ">=", 3, "{:d}"),
+            Condition("distinct half-way steps", len(set(mids.values())), ">=", 3, "{:d}"),
+            Condition("spread of half-way steps", spread, ">=", 0.2, "{:.0%} of the latest"),
+        ],
+        note=f"a digit counts when its smoothed log-loss falls by ≥ {PHASE_MIN_DROP:g} nat",
     )
-    pos = positions["1-layer"]
+
+
+def own_position_claim(pos: dict[str, Any]) -> Claim:
+    """Ablating the position before a digit breaks that digit most (1-layer model)."""
     hits = [d for d, row in pos["most_harmful"].items() if row["position"] == row["expected"]]
-    claims.append(
-        Claim(
-            "Each digit is computed at the token before it is emitted",
-            "ablating that position breaks only that digit",
-            f"{len(hits)}/{len(pos['most_harmful'])} digits hurt most by their own position; "
-            f"mean accuracy there {pos['own_position_acc']:.1%}",
-            len(hits) == len(pos["most_harmful"]) and pos["own_position_acc"] < 0.5,
-            "for every digit, mean-ablating attention at the position before it hurts it most, "
-            "and leaves it < 50% accurate on average (in a 1-layer model no other position can "
-            "reach that digit's logits at all; the test is that its own position carries it)",
-        )
+    total = len(pos["most_harmful"])
+    clean = float(np.mean(pos["clean"]))
+    return Claim.of(
+        "Each digit is computed at the token before it is emitted",
+        "ablating that position breaks only that digit",
+        f"{len(hits)}/{total} digits hurt most by their own position; "
+        f"mean accuracy there {pos['own_position_acc']:.1%} (clean {clean:.1%})",
+        [
+            Condition("mean clean accuracy of the digits", clean, ">=", 0.9, "{:.0%}"),
+            Condition("digits hurt most by their own position", len(hits), "==", total, "{:d}"),
+            Condition("mean accuracy at the own position", pos["own_position_acc"], "<", 0.5, "{:.0%}"),
+        ],
+        note="mean-ablating attention at the position before each digit; in a 1-layer model no "
+        "other position can reach that digit's logits at all, so the test is that its own "
+        "position carries what the model knows (a model that cannot add does not count)",
     )
+
+
+def heads_claim(heads: dict[str, Any]) -> Claim:
+    """Every single-head mean ablation raises the loss sharply."""
     losses = [h["loss"] for h in heads["heads"]]
     clean_loss = heads["clean"]["loss"]
-    claims.append(
-        Claim(
-            "The heads split the work: ablating one head raises loss sharply",
-            "loss ≈ 0.1 → 3.6–5.1 per ablated head",
-            f"clean {clean_loss:.3g}; per head {', '.join(f'{x:.2f}' for x in losses)}",
-            min(losses) - clean_loss >= 1.0,
-            "every single-head mean ablation raises the loss by ≥ 1 nat over the clean model",
-        )
+    return Claim.of(
+        "The heads split the work: ablating one head raises loss sharply",
+        "loss ≈ 0.1 → 3.6–5.1 per ablated head",
+        f"clean {clean_loss:.3g}; per head {', '.join(f'{x:.2f}' for x in losses)}",
+        [
+            Condition("clean loss", clean_loss, "<=", 0.5, "{:.1f} nat"),
+            Condition(
+                "smallest rise in loss when one head is mean-ablated",
+                min(losses) - clean_loss,
+                ">=",
+                1.0,
+                "{:.1f} nat",
+            ),
+        ],
+        note="the clean bound keeps a model that has not learned to add from passing",
     )
-    claims.append(
-        Claim(
-            "The 1-layer model is accurate",
-            "> 99.5% exact match",
-            f"{exact_1l:.2%} on fresh uniform questions",
-            exact_1l > 0.995,
-            "exact match > 99.5%",
-        )
+
+
+def accuracy_claim(exact_1l: float) -> Claim:
+    return Claim.of(
+        "The 1-layer model is accurate",
+        "> 99.5% exact match",
+        f"{exact_1l:.2%} on fresh uniform questions",
+        [Condition("exact match", exact_1l, ">", 0.995, "{:.1%}")],
     )
-    claims.append(
-        Claim(
-            "The residual errors are almost all cascading US9 cases",
-            "almost all",
-            f"{residue['us9_share']:.0%} of {residue['wrong_digits']} wrong digits are US9",
-            residue["wrong_digits"] > 0 and residue["us9_share"] >= 0.8,
-            "≥ 80% of wrongly predicted digits are US9 (and there are errors to count)",
-        )
+
+
+def residue_claim(residue: dict[str, Any]) -> Claim:
+    return Claim.of(
+        "The residual errors are almost all cascading US9 cases",
+        "almost all",
+        f"{residue['us9_share']:.0%} of {residue['wrong_digits']} wrong digits are US9",
+        [
+            Condition("wrongly predicted digits", residue["wrong_digits"], ">", 0, "{:d}"),
+            Condition("share of them that are US9", residue["us9_share"], ">=", 0.8, "{:.0%}"),
+        ],
     )
-    c1 = classes["1-layer"]["cascades"]
-    easy = min(classes["1-layer"]["classes"][c]["exact"] for c in ("S0", "S1"))
-    claims.append(
-        Claim(
-            "The 1-layer model solves only some cascades",
-            "≈ 25% of cascades",
-            f"{c1:.1%} exact on curated cascades (S2–S5, equal numbers); ≥ {easy:.1%} on S0 and S1",
-            c1 <= 0.5 and easy >= 0.9,
-            "≤ 50% exact on curated cascade questions while ≥ 90% on each of S0 and S1 "
-            "(a model that cannot add at all does not count)",
-        )
+
+
+def some_cascades_claim(classes_1l: dict[str, Any]) -> Claim:
+    c1 = classes_1l["cascades"]
+    easy = min(classes_1l["classes"][c]["exact"] for c in ("S0", "S1"))
+    return Claim.of(
+        "The 1-layer model solves only some cascades",
+        "≈ 25% of cascades",
+        f"{c1:.1%} exact on curated cascades (S2–S5, equal numbers); ≥ {easy:.1%} on S0 and S1",
+        [
+            Condition("exact match on curated cascades (S2–S5)", c1, "<=", 0.5, "{:.0%}"),
+            Condition("exact match on each of S0 and S1", easy, ">=", 0.9, "{:.0%}"),
+        ],
+        note="a model that cannot add at all does not count",
     )
-    c2 = classes["2-layer"]["cascades"]
-    claims.append(
-        Claim(
-            "A 2-layer model solves the cascades",
-            "all of them",
-            f"{c2:.1%} exact on curated cascades (S2–S5)",
-            c2 >= 0.99,
-            "≥ 99% exact on curated cascade questions",
-        )
+
+
+def two_layer_claim(classes_2l: dict[str, Any]) -> Claim:
+    c2 = classes_2l["cascades"]
+    return Claim.at_least(
+        "A 2-layer model solves the cascades",
+        "all of them",
+        c2,
+        0.99,
+        "exact match on curated cascades (S2–S5)",
+        fmt="{:.0%}",
+        measured=f"{c2:.1%} exact on curated cascades (S2–S5)",
     )
-    return claims
+
+
+STUDY = Study(
+    name="addition",
+    title="Understanding Addition in Transformers — reproduction",
+    summary="Quirke & Barez 2023: how a 1-layer transformer adds 5-digit integers",
+    presets=STUDY_PRESETS,
+    configure=lambda preset, _checkpoint: study_config(preset),
+    measure=measure,
+    claims=check_claims,
+    sections=sections,
+)

@@ -16,7 +16,7 @@ from tinylens.analysis.attention import mean_attention
 from tinylens.analysis.curves import locate_phase
 from tinylens.analysis.protocol import HookedModel
 from tinylens.evaluation import answer_logits, answer_loss, evaluate, evaluate_logits, score_answers
-from tinylens.store import Run
+from tinylens.store import MetricSeries
 from tinylens.tasks import CASES, SUBTASKS, AdditionTask
 
 CASCADE_CLASSES = (2, 3, 4, 5)
@@ -34,10 +34,17 @@ def operand_positions(task: AdditionTask, column: int) -> tuple[int, int]:
     return n - 1 - column, 2 * n - column
 
 
-def digit_curves(run: Run, task: AdditionTask) -> dict[str, Any]:
-    """Per-digit training-loss curves with their phases, and held-out per-sub-task curves."""
-    train = run.metrics("train/loss/")
-    evals = run.metrics("eval/loss/")
+def digit_curves(
+    train_loss: dict[str, MetricSeries], eval_loss: dict[str, MetricSeries], task: AdditionTask
+) -> dict[str, Any]:
+    """Per-digit training-loss curves with their phases, and held-out per-sub-task curves.
+
+    Args:
+        train_loss: the ``train/loss/<digit>`` series of the run (e.g. ``run.metrics("train/loss/")``).
+        eval_loss: its ``eval/loss/<sub-task>`` series.
+        task: the addition task the run trained on.
+    """
+    train, evals = train_loss, eval_loss
     digits = {}
     for name in task.answer_names:
         series = train[f"train/loss/{name}"]

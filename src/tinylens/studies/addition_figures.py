@@ -5,23 +5,18 @@ Figures are ``matplotlib.figure.Figure`` objects made without pyplot, so nothing
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from tinylens.analysis.curves import moving_mean_log
-from tinylens.studies.report import Section
+from tinylens.studies.report import Section, new_figure, pct
 from tinylens.tasks import AdditionTask
 
 
-def _fig(width: float = 8.0, height: float = 4.5) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
-
-
 def digit_curve_figure(curves: dict[str, Any]) -> Figure:
-    fig = _fig()
+    fig = new_figure()
     ax = fig.add_subplot()
     for name, d in curves["digits"].items():
         smooth = np.exp(moving_mean_log(np.array(d["values"]), 9))
@@ -36,7 +31,7 @@ def digit_curve_figure(curves: dict[str, Any]) -> Figure:
 
 
 def subtask_curve_figure(curves: dict[str, Any]) -> Figure:
-    fig = _fig(8.0, 4.0)
+    fig = new_figure(8.0, 4.0)
     ax = fig.add_subplot()
     for name, d in curves["subtasks"].items():
         ax.plot(d["steps"], d["values"], marker=".", label=name)
@@ -47,7 +42,7 @@ def subtask_curve_figure(curves: dict[str, Any]) -> Figure:
 
 
 def class_figure(classes: dict[str, dict[str, Any]]) -> Figure:
-    fig = _fig(8.0, 4.0)
+    fig = new_figure(8.0, 4.0)
     ax = fig.add_subplot()
     names = list(next(iter(classes.values()))["classes"])
     width = 0.8 / len(classes)
@@ -63,7 +58,7 @@ def class_figure(classes: dict[str, dict[str, Any]]) -> Figure:
 def staircase_figure(stair: dict[str, Any]) -> Figure:
     mass = np.array(stair["column_mass"])  # [layer, head, digit, column]
     layers, heads = mass.shape[:2]
-    fig = _fig(3.2 * heads, 3.2 * layers)
+    fig = new_figure(3.2 * heads, 3.2 * layers)
     axes = fig.subplots(layers, heads, squeeze=False)
     n_cols = mass.shape[-1]
     for layer in range(layers):
@@ -80,7 +75,7 @@ def staircase_figure(stair: dict[str, Any]) -> Figure:
 
 def position_figure(pos: dict[str, Any], title: str, task: AdditionTask) -> Figure:
     acc = np.array(pos["acc"])  # [position, digit]
-    fig = _fig(6.0, 6.0)
+    fig = new_figure(6.0, 6.0)
     ax = fig.add_subplot()
     im = ax.imshow(acc, vmin=0, vmax=1, cmap="magma", aspect="auto")
     labels = [f"{p} {c}" for p, c in zip(pos["positions"], _position_chars(task), strict=True)]
@@ -95,7 +90,7 @@ def head_figure(heads: dict[str, Any]) -> Figure:
     rows = heads["heads"]
     digits = list(heads["clean"]["digit_acc"])
     acc = np.array([[h["digit_acc"][d] for d in digits] for h in rows])
-    fig = _fig(6.0, float(1 + 0.6 * len(rows)))
+    fig = new_figure(6.0, float(1 + 0.6 * len(rows)))
     ax = fig.add_subplot()
     im = ax.imshow(acc, vmin=0, vmax=1, cmap="magma", aspect="auto")
     ax.set_yticks(range(len(rows)), [f"L{h['layer']}H{h['head']}" for h in rows])
@@ -107,7 +102,7 @@ def head_figure(heads: dict[str, Any]) -> Figure:
 
 def high_loss_figure(worst: dict[str, Any], top: int = 12) -> Figure:
     ranked = worst["classes"][:top]
-    fig = _fig(8.0, 4.5)
+    fig = new_figure(8.0, 4.5)
     ax = fig.add_subplot()
     names = [r["class"] for r in ranked]
     y = np.arange(len(names))
@@ -118,7 +113,7 @@ def high_loss_figure(worst: dict[str, Any], top: int = 12) -> Figure:
     ax.set_title("Question classes ranked by loss")
     for yi, r in zip(y, ranked, strict=True):
         ax.annotate(
-            f"exact 1L {_pct(r['exact_1l'])} · 2L {_pct(r['exact_2l'])}",
+            f"exact 1L {pct(r['exact_1l'], 2)} · 2L {pct(r['exact_2l'], 2)}",
             (r["mean_loss_1l"], yi),
             xytext=(4, 0),
             textcoords="offset points",
@@ -137,10 +132,6 @@ def _position_chars(task: AdditionTask) -> list[str]:
         + ["="]
         + [f"A{n - i}" for i in range(n)]
     )
-
-
-def _pct(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.2%}"
 
 
 def sections(results: dict[str, Any], task: AdditionTask) -> list[Section]:
@@ -178,9 +169,9 @@ def sections(results: dict[str, Any], task: AdditionTask) -> list[Section]:
                 (
                     ["model", "exact (fresh)", *classes["1-layer"]["classes"], "cascades S2–S5"],
                     [
-                        [m, _pct(evals[m]["exact"])]
-                        + [_pct(v["exact"]) for v in classes[m]["classes"].values()]
-                        + [_pct(classes[m]["cascades"])]
+                        [m, pct(evals[m]["exact"], 2)]
+                        + [pct(v["exact"], 2) for v in classes[m]["classes"].values()]
+                        + [pct(classes[m]["cascades"], 2)]
                         for m in classes
                     ],
                 )
@@ -221,8 +212,8 @@ def sections(results: dict[str, Any], task: AdditionTask) -> list[Section]:
                             r["class"],
                             r["count"],
                             f"{r['mean_loss_1l']:.3g}",
-                            _pct(r["exact_1l"]),
-                            _pct(r["exact_2l"]),
+                            pct(r["exact_1l"], 2),
+                            pct(r["exact_2l"], 2),
                         ]
                         for r in results["high_loss_cases"]["classes"][:10]
                     ],

@@ -12,7 +12,7 @@ Background:
 
 Usage:
     tinylens study maze --preset quick
-    run = run_maze_study(Workspace("runs"), "quick")
+    run = run_study("maze", Workspace("runs"), "quick")
 
 References:
     Ivanitskiy, Spies et al. 2023, arXiv:2312.02566; github.com/understanding-search/maze-transformer.
@@ -20,22 +20,20 @@ References:
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from tinylens import runs
 from tinylens.analysis.geometry import rank_correlation
 from tinylens.config import RunConfig, derive_seed, make_run_config
-from tinylens.errors import TinylensError, unknown_name
+from tinylens.errors import unknown_name
 from tinylens.model import build_model, load_model
-from tinylens.store import Run, Workspace
 from tinylens.studies import maze_analyses as an
 from tinylens.studies import maze_figures as figs
-from tinylens.studies.common import study_run
-from tinylens.studies.report import Claim, render_report
+from tinylens.studies.claims import Claim, Condition
+from tinylens.studies.framework import Study, StudyContext
+from tinylens.studies.report import Section
 from tinylens.tasks.maze_task import MazeTask
 
 
@@ -96,77 +94,80 @@ def study_config(preset: str) -> MazeStudyConfig:
     return MazeStudyConfig(preset, make_run_config("maze", "cpu", overrides=PAPER))
 
 
-def run_maze_study(workspace: Workspace, preset: str = "quick", *, progress: bool = True) -> Run:
-    """Train or reuse the solver, run every analysis, write results, figures and the report."""
-    cfg = study_config(preset)
-    started = time.perf_counter()
-    result = runs.train(workspace, cfg.solver, progress=progress)
-    if result.status != "done":
-        raise TinylensError(
-            f"training of the maze solver stopped at step {result.step}; continue it with "
-            f"`tinylens resume {result.run}`, then run the study again"
-        )
-    trained = runs.load_trained(workspace, result.run)
+@dataclass(frozen=True)
+class MazeResult:
+    """Every measurement of the maze study (JSON-ready values, see each analysis)."""
+
+    config: MazeStudyConfig
+    task: MazeTask
+    solver_run: str
+    path_accuracy: dict[str, Any]
+    """:func:`maze_analyses.path_accuracy` on held-out mazes."""
+    probes: dict[str, Any]
+    """:func:`maze_analyses.connection_probes`: trained model and both controls, every site."""
+    probe_over_training: dict[str, Any]
+    embedding_geometry: dict[str, Any]
+    adjacency_heads: dict[str, Any]
+    examples: dict[str, Any]
+    """Mazes to draw (decoded by the probe, solved by the model); not written as results."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path_accuracy": self.path_accuracy,
+            "probes": self.probes,
+            "probe_over_training": self.probe_over_training,
+            "embedding_geometry": self.embedding_geometry,
+            "adjacency_heads": self.adjacency_heads,
+        }
+
+    def meta(self) -> list[str]:
+        cfg, task = self.config, self.task
+        return [
+            f"solver run {self.solver_run} ({task.grid}×{task.grid} {task.generator} mazes, "
+            f"{cfg.solver.model.n_layers} layers, d_model {cfg.solver.model.d_model}, "
+            f"{cfg.solver.train.steps} steps)",
+            f"{cfg.n_eval} held-out mazes for path accuracy, {cfg.n_probe} for the probes, "
+            f"{cfg.n_heads} for the heads",
+        ]
+
+
+def measure(ctx: StudyContext, cfg: MazeStudyConfig) -> MazeResult:
+    """Train or reuse the solver and run every analysis."""
+    trained = ctx.trained(cfg.solver, "maze solver")
     task = trained.task
     assert isinstance(task, MazeTask)
     model = trained.model
     untrained = build_model(cfg.solver.model, seed=derive_seed(cfg.seed, "maze-random-init"))
-    study = study_run(workspace, "maze", cfg.preset, cfg.to_dict())
     rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "maze-study"))
     eval_tokens = task.sample(cfg.n_eval, rng)
     probe_tokens = task.sample(cfg.n_probe, rng)
     head_tokens = task.sample(cfg.n_heads, rng)
+    run = trained.run
+    checkpoints = ((step, load_model(run.checkpoint_file(step))) for step in run.checkpoint_steps())
 
-    # -- measurements --
     accuracy = an.path_accuracy(model, task, eval_tokens)
     probes, probe = an.connection_probes(model, untrained, task, probe_tokens, cfg.seed)
     over_training = an.probe_over_training(
-        trained.run,
-        lambda step: load_model(trained.run.checkpoint_file(step)),
-        task,
-        probe_tokens[: cfg.n_probe_checkpoints],
-        eval_tokens,
-        cfg.seed,
+        checkpoints, task, probe_tokens[: cfg.n_probe_checkpoints], eval_tokens, cfg.seed
     )
-    geometry = an.coordinate_geometry(model, untrained, task)
-    heads = an.adjacency_heads(model, task, head_tokens, cfg.top_heads, cfg.seed)
-    results = {
-        "path_accuracy": accuracy,
-        "probes": probes,
-        "probe_over_training": over_training,
-        "embedding_geometry": geometry,
-        "adjacency_heads": heads,
-    }
-    for name, value in results.items():
-        study.write_result(name, value)
-    claims = check_claims(task, results)
-    study.write_result("claims", [c.to_dict() for c in claims])
+    return MazeResult(
+        config=cfg,
+        task=task,
+        solver_run=run.name,
+        path_accuracy=accuracy,
+        probes=probes,
+        probe_over_training=over_training,
+        embedding_geometry=an.coordinate_geometry(model, untrained, task),
+        adjacency_heads=an.adjacency_heads(model, task, head_tokens, cfg.top_heads, cfg.seed),
+        examples={
+            "decoded": an.decoded_mazes(task, probe_tokens, probe),
+            "solved": an.solved_examples(model, task, eval_tokens),
+        },
+    )
 
-    # -- report --
-    examples = {
-        "decoded": an.decoded_mazes(task, probe_tokens, probe),
-        "solved": an.solved_examples(model, task, eval_tokens),
-    }
-    meta = [
-        f"preset {preset}; solver run {trained.run.name} ({task.grid}×{task.grid} "
-        f"{task.generator} mazes, {cfg.solver.model.n_layers} layers, d_model "
-        f"{cfg.solver.model.d_model}, {cfg.solver.train.steps} steps)",
-        f"{cfg.n_eval} held-out mazes for path accuracy, {cfg.n_probe} for the probes, "
-        f"{cfg.n_heads} for the heads; the study took {time.perf_counter() - started:.0f} s "
-        "(training included, where it ran now)",
-    ]
-    sections = figs.sections(results, examples)
-    html, pngs = render_report(
-        "Structured World Representations in Maze-Solving Transformers — reproduction",
-        meta,
-        claims,
-        sections,
-    )
-    for name, png in pngs.items():
-        study.write_figure_png(name, png)
-    study.write_report(html)
-    study.set_status("done")
-    return study
+
+def sections(result: MazeResult) -> list[Section]:
+    return figs.sections(result.to_json(), result.examples)
 
 
 # -- claims ---------------------------------------------------------------------------------------
@@ -176,81 +177,128 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return rank_correlation(torch.tensor(a), torch.tensor(b))
 
 
-def check_claims(task: MazeTask, results: dict[str, Any]) -> list[Claim]:
-    """Each finding of STUDIES.md against our measurements; the rules are stated in each claim."""
-    acc, probes = results["path_accuracy"], results["probes"]
-    over, geometry = results["probe_over_training"], results["embedding_geometry"]
-    heads = results["adjacency_heads"]
-    claims = [
-        Claim(
-            f"A small transformer learns to solve {task.grid}×{task.grid} mazes",
-            "high exact-path accuracy on held-out mazes",
-            f"exact path {acc['exact_path']:.1%}, valid path {acc['valid_path']:.1%} on "
-            f"{acc['n']} held-out mazes (greedy)",
-            acc["exact_path"] >= 0.9,
-            "≥ 90% exact path on held-out mazes",
-        )
+def check_claims(result: MazeResult) -> list[Claim]:
+    """Each finding of STUDIES.md against our measurements; the rule is stated in each claim."""
+    return [
+        solves_claim(result.task.grid, result.path_accuracy),
+        probe_claim(result.probes),
+        probe_rises_claim(result.probe_over_training),
+        lattice_claim(result.embedding_geometry),
+        adjacency_heads_claim(result.adjacency_heads),
     ]
+
+
+def solves_claim(grid: int, acc: dict[str, Any]) -> Claim:
+    return Claim.at_least(
+        f"A small transformer learns to solve {grid}×{grid} mazes",
+        "high exact-path accuracy on held-out mazes",
+        acc["exact_path"],
+        0.9,
+        "exact path on held-out mazes",
+        fmt="{:.0%}",
+        measured=f"exact path {acc['exact_path']:.1%}, valid path {acc['valid_path']:.1%} on "
+        f"{acc['n']} held-out mazes (greedy)",
+    )
+
+
+def probe_claim(probes: dict[str, Any]) -> Claim:
     best = probes["probe"]["best_site"]
     p_acc = probes["probe"]["accuracy"][best]
     ctrl = max(*probes["random_init"]["accuracy"], *probes["shuffled_labels"]["accuracy"])
     worst = probes["probe"]["worst_label_accuracy"]
-    claims.append(
-        Claim(
-            "A linear probe on the <PATH_START> residual stream decodes every connection",
-            "the maze is linearly decodable from one token",
-            f"best site {probes['sites'][best]}: accuracy {p_acc:.1%}, F1 "
-            f"{probes['probe']['f1'][best]:.3f}, worst wall {worst:.1%}; "
-            f"best control {ctrl:.1%} (majority class {probes['probe']['majority']:.1%})",
-            p_acc >= 0.9 and p_acc - ctrl >= 0.15,
-            "best-layer held-out accuracy ≥ 90% and ≥ 15 points above the best layer of both "
-            "controls (random-init model, shuffled labels)",
-        )
+    return Claim.of(
+        "A linear probe on the <PATH_START> residual stream decodes every connection",
+        "the maze is linearly decodable from one token",
+        f"best site {probes['sites'][best]}: accuracy {p_acc:.1%}, F1 "
+        f"{probes['probe']['f1'][best]:.3f}, worst wall {worst:.1%}; "
+        f"best control {ctrl:.1%} (majority class {probes['probe']['majority']:.1%})",
+        [
+            Condition("best-layer held-out probe accuracy", p_acc, ">=", 0.9, "{:.0%}"),
+            Condition("its lead over the best control", p_acc - ctrl, ">=", 0.15, "{:.0%}"),
+        ],
+        note="controls: the best layer of a random-init model and of shuffled labels",
+        control=ctrl,
     )
+
+
+def probe_rises_claim(over: dict[str, Any]) -> Claim:
     rho = _spearman(over["probe_accuracy"], over["path_accuracy"])
     rise = over["probe_accuracy"][-1] - over["probe_accuracy"][0]
-    claims.append(
-        Claim(
-            "The probe's accuracy rises together with generalisation",
-            "probe accuracy and path accuracy improve together over training",
-            f"Spearman {rho:.2f} across {len(over['steps'])} checkpoints; probe accuracy "
-            f"{over['probe_accuracy'][0]:.1%} → {over['probe_accuracy'][-1]:.1%}, path "
-            f"{over['path_accuracy'][0]:.1%} → {over['path_accuracy'][-1]:.1%}",
-            rho >= 0.8 and rise >= 0.1,
-            "rank correlation ≥ 0.8 between probe and path accuracy over the saved checkpoints, "
-            "and the probe gains ≥ 10 points",
-        )
+    return Claim.of(
+        "The probe's accuracy rises together with generalisation",
+        "probe accuracy and path accuracy improve together over training",
+        f"Spearman {rho:.2f} across {len(over['steps'])} checkpoints; probe accuracy "
+        f"{over['probe_accuracy'][0]:.1%} → {over['probe_accuracy'][-1]:.1%}, path "
+        f"{over['path_accuracy'][0]:.1%} → {over['path_accuracy'][-1]:.1%}",
+        [
+            Condition("rank correlation of probe and path accuracy", rho, ">=", 0.8, "{:.1f}"),
+            Condition("probe accuracy gained over training", rise, ">=", 0.1, "{:.0%}"),
+        ],
+        note="over the saved checkpoints",
     )
+
+
+def lattice_claim(geometry: dict[str, Any]) -> Claim:
     trained_rho = geometry["trained"]["spearman"]
     random_rho = geometry["random_init"]["spearman"]
-    claims.append(
-        Claim(
-            "Coordinate embeddings form the lattice",
-            "embedding distance tracks grid distance",
-            f"Spearman(embedding distance, lattice distance) {trained_rho:.2f}; random init "
-            f"{random_rho:.2f}",
-            trained_rho >= 0.5 and trained_rho - random_rho >= 0.3,
-            "rank correlation ≥ 0.5, and ≥ 0.3 above the random-init model's",
-        )
+    return Claim.of(
+        "Coordinate embeddings form the lattice",
+        "embedding distance tracks grid distance",
+        f"Spearman(embedding distance, lattice distance) {trained_rho:.2f}; random init "
+        f"{random_rho:.2f}",
+        [
+            Condition("rank correlation", trained_rho, ">=", 0.5, "{:.1f}"),
+            Condition(
+                "its lead over the random-init model", trained_rho - random_rho, ">=", 0.3, "{:.1f}"
+            ),
+        ],
+        control=random_rho,
     )
-    order = heads["order"]
-    top_layer, top_head = order[0]
+
+
+def adjacency_heads_claim(heads: dict[str, Any]) -> Claim:
+    top_layer, top_head = heads["order"][0]
     v = heads["valid_per_key"][top_layer][top_head]
     iv = heads["invalid_per_key"][top_layer][top_head]
     clean = heads["clean"]["valid_next_step"]
     drop_top = clean - heads["top_ablated"]["valid_next_step"]
     drop_control = clean - heads["control_ablated"]["valid_next_step"]
-    claims.append(
-        Claim(
-            "Adjacency heads attend from the current cell to its valid neighbours",
-            "some heads attend to the adjacency-list tokens of open neighbours",
-            f"top head L{top_layer}H{top_head}: attention per token {v:.3f} on valid next cells vs "
-            f"{iv:.3f} on walled-off neighbours; ablating the top {heads['top_k']} drops valid "
-            f"next steps by {drop_top:.1%} (other heads of the same layers: {drop_control:.1%})",
-            v >= 2 * iv and drop_top - drop_control >= 0.1,
-            "the top head's attention per token on valid next cells ≥ 2× that on walled-off "
-            "neighbours, and ablating the top heads costs ≥ 10 points more valid next steps than "
-            "ablating as many other heads of the same layers",
-        )
+    # a head that attends to nothing has v = iv = 0: the ratio must not make 0 ≥ 2·0 pass
+    ratio = v / iv if iv > 0 else (float("inf") if v > 0 else float("nan"))
+    return Claim.of(
+        "Adjacency heads attend from the current cell to its valid neighbours",
+        "some heads attend to the adjacency-list tokens of open neighbours",
+        f"top head L{top_layer}H{top_head}: attention per token {v:.3f} on valid next cells vs "
+        f"{iv:.3f} on walled-off neighbours; ablating the top {heads['top_k']} drops valid "
+        f"next steps by {drop_top:.1%} (other heads of the same layers: {drop_control:.1%})",
+        [
+            Condition(
+                "top head's attention on valid next cells over walled-off neighbours",
+                ratio,
+                ">=",
+                2,
+                "{:g}×",
+            ),
+            Condition(
+                "extra drop in valid next steps from ablating the top heads",
+                drop_top - drop_control,
+                ">=",
+                0.1,
+                "{:.0%}",
+            ),
+        ],
+        note="the control ablates as many other heads of the same layers",
+        control=drop_control,
     )
-    return claims
+
+
+STUDY = Study(
+    name="maze",
+    title="Structured World Representations in Maze-Solving Transformers — reproduction",
+    summary="Ivanitskiy, Spies et al. 2023: does a maze solver hold a map of the maze?",
+    presets=STUDY_PRESETS,
+    configure=lambda preset, _checkpoint: study_config(preset),
+    measure=measure,
+    claims=check_claims,
+    sections=sections,
+)

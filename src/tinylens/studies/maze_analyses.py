@@ -7,7 +7,7 @@ Every function takes a model (any TransformerLens model), the task and inputs; t
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -24,7 +24,6 @@ from tinylens.analysis.probes import (
 )
 from tinylens.analysis.protocol import HookedModel
 from tinylens.evaluation import evaluate, greedy_answer
-from tinylens.store import Run
 from tinylens.tasks.maze import maze_from_labels
 from tinylens.tasks.maze_task import MazeTask
 from tinylens.tasks.maze_tokens import PATH_END, coord_tokens, parse_coord
@@ -108,20 +107,23 @@ def decoded_mazes(
 
 
 def probe_over_training(
-    run: Run,
-    load_step: Callable[[int], HookedModel],
+    checkpoints: Iterable[tuple[int, HookedModel]],
     task: MazeTask,
     probe_tokens: torch.Tensor,
     eval_tokens: torch.Tensor,
     seed: int,
 ) -> dict[str, Any]:
-    """At each saved checkpoint: the best layer's probe accuracy and the held-out path accuracy
-    (teacher-forced exact match, which equals greedy exact path)."""
+    """At each checkpoint: the best layer's probe accuracy and the held-out path accuracy
+    (teacher-forced exact match, which equals greedy exact path).
+
+    Args:
+        checkpoints: ``(step, model)`` pairs in ascending steps; a lazy iterable keeps one model
+            in memory at a time.
+    """
     position = task.prompt_len - 1
     labels = task.connection_labels(probe_tokens)
     steps, probe_acc, path_acc = [], [], []
-    for step in run.checkpoint_steps():
-        model = load_step(step)
+    for step, model in checkpoints:
         result = fit_probes(residual_at(model, probe_tokens, position), labels, seed=seed)
         steps.append(step)
         probe_acc.append(float(result.accuracy.max()))

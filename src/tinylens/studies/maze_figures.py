@@ -7,21 +7,13 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tinylens.studies.report import Section
+from tinylens.studies.maze_render import draw_maze, draw_walls
+from tinylens.studies.report import Section, new_figure, pct
 from tinylens.tasks.maze import Maze, connection_labels, wall_list
-from tinylens.tasks.maze_render import draw_maze, draw_walls
-
-
-def _fig(width: float = 8.0, height: float = 4.5) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
 
 
 def probe_layer_figure(probes: dict[str, Any]) -> Figure:
-    fig = _fig(9.0, 4.0)
+    fig = new_figure(9.0, 4.0)
     sites = [s.replace("blocks.", "L").replace(".hook_", " ") for s in probes["sites"]]
     x = np.arange(len(sites))
     for k, metric in enumerate(("accuracy", "f1")):
@@ -42,7 +34,7 @@ def probe_layer_figure(probes: dict[str, Any]) -> Figure:
 
 def decoded_maze_figure(examples: list[dict[str, Any]]) -> Figure:
     """Each example: the true maze (left) and the probe's reading (right), wrong walls in red."""
-    fig = _fig(3.0 * 2, 3.0 * len(examples))
+    fig = new_figure(3.0 * 2, 3.0 * len(examples))
     for k, ex in enumerate(examples):
         truth: Maze = ex["true"].maze
         decoded: Maze = ex["decoded"]
@@ -64,7 +56,7 @@ def decoded_maze_figure(examples: list[dict[str, Any]]) -> Figure:
 
 
 def probe_training_figure(over: dict[str, Any]) -> Figure:
-    fig = _fig(8.0, 4.0)
+    fig = new_figure(8.0, 4.0)
     ax = fig.add_subplot()
     steps = np.maximum(over["steps"], 1)
     ax.plot(steps, over["probe_accuracy"], marker="o", label="probe accuracy (best layer)")
@@ -77,7 +69,7 @@ def probe_training_figure(over: dict[str, Any]) -> Figure:
 
 def embedding_figure(geometry: dict[str, Any]) -> Figure:
     """Coordinate embeddings on their two principal components, lattice neighbours joined."""
-    fig = _fig(9.0, 4.5)
+    fig = new_figure(9.0, 4.5)
     points = [tuple(int(v) for v in p) for p in geometry["points"]]
     index = {p: i for i, p in enumerate(points)}
     for k, key in enumerate(("trained", "random_init")):
@@ -102,7 +94,7 @@ def embedding_figure(geometry: dict[str, Any]) -> Figure:
 
 
 def head_figure(heads: dict[str, Any]) -> Figure:
-    fig = _fig(9.0, 4.0)
+    fig = new_figure(9.0, 4.0)
     score = np.array(heads["score"])
     valid = np.array(heads["valid_per_key"])
     invalid = np.array(heads["invalid_per_key"])
@@ -142,10 +134,10 @@ def sections(results: dict[str, Any], examples: dict[str, Any]) -> list[Section]
     site_rows = [
         [
             site,
-            _pct(probes["probe"]["accuracy"][i]),
+            pct(probes["probe"]["accuracy"][i], 1),
             f"{probes['probe']['f1'][i]:.3f}",
-            _pct(probes["random_init"]["accuracy"][i]),
-            _pct(probes["shuffled_labels"]["accuracy"][i]),
+            pct(probes["random_init"]["accuracy"][i], 1),
+            pct(probes["shuffled_labels"]["accuracy"][i], 1),
         ]
         for i, site in enumerate(probes["sites"])
     ]
@@ -154,8 +146,8 @@ def sections(results: dict[str, Any], examples: dict[str, Any]) -> list[Section]
         Section(
             "The solver",
             f"Greedy decoding on {acc['n']} held-out mazes (a fixed hash split keeps them out of "
-            f"training): exact path {_pct(acc['exact_path'])}, valid path "
-            f"{_pct(acc['valid_path'])}, target reached {_pct(acc['target_reached'])}.",
+            f"training): exact path {pct(acc['exact_path'], 1)}, valid path "
+            f"{pct(acc['valid_path'], 1)}, target reached {pct(acc['target_reached'], 1)}.",
             figures=[
                 (draw_maze(ex["maze"], ex["predicted"], ex["title"]), ex["title"])
                 for ex in solved_examples
@@ -166,7 +158,7 @@ def sections(results: dict[str, Any], examples: dict[str, Any]) -> list[Section]
             f"A logistic-regression probe per wall reads the residual stream of the "
             f"<PATH_START> token (position {probes['position']}) at each layer; "
             f"{probes['n_inputs']} mazes, a quarter held out for scoring; "
-            f"{_pct(probes['open_share'])} of walls are open. Controls: the same probes on a "
+            f"{pct(probes['open_share'], 1)} of walls are open. Controls: the same probes on a "
             "randomly initialised model of the same shape, and on labels shuffled across mazes.",
             figures=[
                 (probe_layer_figure(probes), "Probe accuracy and F1 per layer"),
@@ -202,7 +194,7 @@ def sections(results: dict[str, Any], examples: dict[str, Any]) -> list[Section]
                 (
                     ["ablation", "valid next step", "correct next step"],
                     [
-                        [k, _pct(heads[k]["valid_next_step"]), _pct(heads[k]["correct_next_step"])]
+                        [k, pct(heads[k]["valid_next_step"], 1), pct(heads[k]["correct_next_step"], 1)]
                         for k in ("clean", "top_ablated", "control_ablated")
                     ],
                 )

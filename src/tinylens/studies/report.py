@@ -8,29 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from matplotlib.figure import Figure
 
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of a paper, checked on our models."""
-
-    claim: str
-    """The paper's statement."""
-    expected: str
-    """What the paper reports."""
-    measured: str
-    """What we measured, with units."""
-    holds: bool
-    """Whether the measurement supports the claim, by the rule in ``rule``."""
-    rule: str
-    """The test applied, stated so a reader can disagree with it."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+from tinylens.studies.claims import Claim
 
 
 @dataclass
@@ -43,6 +27,16 @@ class Section:
     """(figure, caption) pairs."""
     tables: list[tuple[list[str], list[list[Any]]]] = field(default_factory=list)
     """(header, rows) pairs."""
+
+
+def new_figure(width: float = 8.0, height: float = 4.5) -> Figure:
+    """A blank figure in the reports' layout (no pyplot state: safe in threads and tests)."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def pct(x: float, digits: int = 1) -> str:
+    """``x`` as a percentage with ``digits`` decimals; "-" for NaN (nothing to measure)."""
+    return "-" if math.isnan(x) else f"{x:.{digits}%}"
 
 
 def figure_png(fig: Figure) -> bytes:

@@ -17,7 +17,7 @@ Background:
 Usage:
     tinylens study seqcont --preset quick
     tinylens study seqcont --model ./gpt2            # a folder written by save_pretrained
-    run = run_seqcont_study(Workspace("runs"), "quick")
+    run = run_study("seqcont", Workspace("runs"), "quick")
 
 References:
     Lan & Barez 2023, arXiv:2311.04131; Gould et al. 2023 (successor heads); Syed et al. 2023 and
@@ -26,22 +26,20 @@ References:
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tinylens import runs
 from tinylens.analysis.circuits import overlap
 from tinylens.analysis.graph import ComponentGraph
 from tinylens.config import RunConfig, derive_seed, make_run_config
-from tinylens.errors import ConfigError, TinylensError, unknown_name
+from tinylens.errors import ConfigError, unknown_name
 from tinylens.model import load_pretrained, load_pretrained_tokenizer
-from tinylens.store import Run, Workspace
 from tinylens.studies import seqcont_analyses as an
 from tinylens.studies import seqcont_figures as figs
-from tinylens.studies.common import study_run
-from tinylens.studies.report import Claim, render_report
+from tinylens.studies.claims import Claim, Condition
+from tinylens.studies.framework import Study, StudyContext
+from tinylens.studies.report import Section
 from tinylens.tasks.seqcont import FAMILIES, PAPER_FAMILIES, SeqcontTask
 
 
@@ -97,16 +95,51 @@ def study_config(preset: str, checkpoint: str | Path | None = None) -> SeqcontSt
     return SeqcontStudyConfig(preset, make_run_config("seqcont", "cpu", overrides=PAPER))
 
 
-def run_seqcont_study(
-    workspace: Workspace,
-    preset: str = "quick",
-    *,
-    progress: bool = True,
-    model: str | Path | None = None,
-) -> Run:
-    """Train (or open) the model, find and compare the circuits, write results and the report."""
-    cfg = study_config(preset, model)
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class SeqcontResult:
+    """Every measurement of the seqcont study (JSON-ready values, see each analysis)."""
+
+    config: SeqcontStudyConfig
+    source: str
+    """Which model: a run with its size, or a checkpoint folder."""
+    example_prompts: tuple[str, ...]
+    behaviour: dict[str, Any]
+    """Family → mean logit difference and accuracy of the full model."""
+    circuits: dict[str, dict[str, Any]]
+    """Family → its pruned circuit (families the model continues only)."""
+    cross_family: dict[str, Any]
+    random_circuits: dict[str, Any]
+    successor: dict[str, Any]
+    graph: dict[str, Any]
+    not_studied: list[str]
+    """Families the model does not continue (logit difference ≤ 0): reported, not pruned."""
+    shared: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "behaviour": self.behaviour,
+            "circuits": self.circuits,
+            "cross_family": self.cross_family,
+            "random_circuits": self.random_circuits,
+            "successor": self.successor,
+            "graph": self.graph,
+            "not_studied": self.not_studied,
+            "shared": self.shared,
+        }
+
+    def meta(self) -> list[str]:
+        cfg = self.config
+        return [
+            f"model: {self.source}",
+            f"{cfg.n_prompts} prompts per family ({', '.join(cfg.families)}), corrupted prompts "
+            f"with random members; pruning keeps {cfg.min_share:.0%}; EAP-IG with "
+            f"{cfg.ig_steps} steps",
+            "example prompts: " + " | ".join(self.example_prompts),
+        ]
+
+
+def measure(ctx: StudyContext, cfg: SeqcontStudyConfig) -> SeqcontResult:
+    """Train (or open) the model and find, compare and control the circuits."""
     task = SeqcontTask()
     if cfg.checkpoint is not None:
         lm = load_pretrained(cfg.checkpoint)
@@ -114,13 +147,7 @@ def run_seqcont_study(
         source = f"checkpoint {cfg.checkpoint}"
     else:
         assert cfg.model is not None
-        result = runs.train(workspace, cfg.model, progress=progress)
-        if result.status != "done":
-            raise TinylensError(
-                f"training of the seqcont model stopped at step {result.step}; continue it with "
-                f"`tinylens resume {result.run}`, then run the study again"
-            )
-        trained = runs.load_trained(workspace, result.run)
+        trained = ctx.trained(cfg.model, "seqcont model")
         lm = trained.model
         encoder = an.WordEncoder(task)
         m = cfg.model.model
@@ -128,14 +155,11 @@ def run_seqcont_study(
             f"run {trained.run.name} ({m.n_layers} layers × {m.n_heads} heads, d_model "
             f"{m.d_model}, {cfg.model.train.steps} steps on {', '.join(task.families)})"
         )
-    study = study_run(workspace, "seqcont", cfg.preset, cfg.to_dict())
     graph = ComponentGraph(lm)
     prompts = {
         f: an.family_prompts(task, encoder, f, cfg.n_prompts, derive_seed(cfg.seed, f"seqcont-{f}"))
         for f in cfg.families
     }
-
-    # -- measurements --
     behaviour = {f: an.behaviour(lm, p) for f, p in prompts.items()}
     # a circuit explains a behaviour: families the model does not continue are reported, not pruned
     studied = [f for f, b in behaviour.items() if b["logit_diff"] > 0]
@@ -149,47 +173,30 @@ def run_seqcont_study(
         for f in studied
     }
     first = studied[0]
-    results = {
-        "behaviour": behaviour,
-        "circuits": circuits,
-        "cross_family": an.cross_family(graph, circuits, prompts),
-        "random_circuits": an.random_circuits(
+    return SeqcontResult(
+        config=cfg,
+        source=source,
+        example_prompts=tuple(prompts[first].text[:2]),
+        behaviour=behaviour,
+        circuits=circuits,
+        cross_family=an.cross_family(graph, circuits, prompts),
+        random_circuits=an.random_circuits(
             graph, circuits[first], prompts[first], cfg.n_random_circuits, derive_seed(cfg.seed, "rc")
         ),
-        "successor": an.successor_heads(graph, encoder, studied),
-        "graph": {
+        successor=an.successor_heads(graph, encoder, studied),
+        graph={
             "n_layers": graph.n_layers,
             "n_heads": graph.n_heads,
             "has_mlp": graph.has_mlp,
             "n_edges": len(graph.edges),
         },
-        "not_studied": [f for f in cfg.families if f not in studied],
-    }
-    results["shared"] = shared_components(circuits)
-    for name, value in results.items():
-        study.write_result(name, value)
-    claims = check_claims(results)
-    study.write_result("claims", [c.to_dict() for c in claims])
-
-    # -- report --
-    meta = [
-        f"preset {preset}; model: {source}",
-        f"{cfg.n_prompts} prompts per family ({', '.join(cfg.families)}), corrupted prompts with "
-        f"random members; pruning keeps {cfg.min_share:.0%}; EAP-IG with {cfg.ig_steps} steps; "
-        f"the study took {time.perf_counter() - started:.0f} s (training included, where it ran now)",
-        "example prompts: " + " | ".join(prompts[first].text[:2]),
-    ]
-    html, pngs = render_report(
-        "Interpreting Shared Circuits for Ordered Sequence Prediction — reproduction",
-        meta,
-        claims,
-        figs.sections(results),
+        not_studied=[f for f in cfg.families if f not in studied],
+        shared=shared_components(circuits),
     )
-    for name, png in pngs.items():
-        study.write_figure_png(name, png)
-    study.write_report(html)
-    study.set_status("done")
-    return study
+
+
+def sections(result: SeqcontResult) -> list[Section]:
+    return figs.sections(result.to_json())
 
 
 def shared_components(circuits: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -212,86 +219,162 @@ def shared_components(circuits: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # -- claims ---------------------------------------------------------------------------------------
 
 
-def check_claims(results: dict[str, Any]) -> list[Claim]:
-    """Each finding of STUDIES.md against our measurements; each rule is stated in its claim."""
-    circuits, shared = results["circuits"], results["shared"]
+def check_claims(result: SeqcontResult) -> list[Claim]:
+    """Each finding of STUDIES.md against our measurements; the rule is stated in each claim."""
+    n_heads_total = result.graph["n_layers"] * result.graph["n_heads"]
+    competent = competent_families(result.behaviour)
+    return [
+        small_circuit_claim(result.circuits, result.behaviour, n_heads_total),
+        shared_heads_claim(result.circuits, result.shared, competent),
+        successor_claim(result.circuits, result.shared, result.successor, competent),
+        transfer_claim(result.circuits, result.cross_family, result.random_circuits, competent),
+    ]
+
+
+MIN_ACCURACY = 0.5
+"""A family counts as done by the model when its top-1 accuracy on the family's prompts reaches
+this: a circuit that keeps most of a logit difference the model barely has explains nothing
+(a 60-step model passed "a small circuit does the task" at 3% accuracy without this)."""
+
+
+_COMPETENT = f"families the model predicts top-1 ≥ {MIN_ACCURACY:.0%}"
+
+
+def competent_families(behaviour: dict[str, dict[str, Any]]) -> list[str]:
+    """Families whose next member the full model predicts top-1 at least :data:`MIN_ACCURACY`."""
+    return [f for f, b in behaviour.items() if b["accuracy"] >= MIN_ACCURACY]
+
+
+def small_circuit_claim(
+    circuits: dict[str, dict[str, Any]], behaviour: dict[str, dict[str, Any]], n_heads_total: int
+) -> Claim:
+    first = next(iter(circuits))
+    c = circuits[first]
+    accuracy = behaviour[first]["accuracy"]
+    return Claim.of(
+        f"A small circuit does the {first} task",
+        "numerals: 14 of 144 heads + most MLPs keep 81% of the logit difference",
+        f"{len(c['heads'])} of {n_heads_total} heads + {len(c['mlps'])} MLPs keep "
+        f"{c['node_share']:.0%}; edge pruning leaves {len(c['edges'])} of "
+        f"{c['n_edges_graph']} edges keeping {c['edge_share']:.0%} (all ablated: "
+        f"{c['ablated_all_share']:.0%}); the full model is {accuracy:.0%} accurate",
+        [
+            Condition("the full model's top-1 accuracy", accuracy, ">=", MIN_ACCURACY, "{:.0%}"),
+            Condition(
+                "share of the logit difference the pruned circuit keeps",
+                c["node_share"],
+                ">=",
+                0.8,
+                "{:.0%}",
+            ),
+            Condition("share of the heads in it", len(c["heads"]) / n_heads_total, "<=", 0.5, "{:.0%}"),
+        ],
+    )
+
+
+def shared_heads_claim(
+    circuits: dict[str, dict[str, Any]], shared: dict[str, Any], competent: list[str]
+) -> Claim:
+    claim, paper = "The families share their heads", "eight heads are in all three circuits"
+    families = list(circuits)
+    if len(families) < 2:  # with one family, "shared" would be that circuit itself
+        return Claim.not_measured(claim, paper, f"the model continues only {families[0]}")
+    smallest = min(len(circuits[f]["heads"]) for f in families)
+    n_shared = len(shared["heads"])
+    return Claim.of(
+        claim,
+        paper,
+        f"{n_shared} heads in all {len(families)} circuits "
+        f"({', '.join(shared['heads']) or 'none'}); circuit sizes "
+        + ", ".join(f"{f} {len(circuits[f]['heads'])}" for f in families),
+        [
+            Condition(_COMPETENT, len(competent), ">=", 2, "{:d}"),
+            Condition("heads in every circuit", n_shared, ">=", 1, "{:d}"),
+            Condition(
+                "their share of the smallest circuit's heads",
+                n_shared / smallest if smallest else 0.0,
+                ">=",
+                0.5,
+                "{:.0%}",
+            ),
+        ],
+    )
+
+
+def successor_claim(
+    circuits: dict[str, dict[str, Any]],
+    shared: dict[str, Any],
+    succ: dict[str, Any],
+    competent: list[str],
+) -> Claim:
+    several = len(circuits) >= 2
+    in_all = several and succ["top"] in shared["heads"]
+    return Claim.of(
+        "A successor head does the increment",
+        "one late head's OV circuit maps each member to the next, inside the shared circuit",
+        f"top successor head {succ['top']}: next member ranked first for "
+        f"{succ['top_score']:.0%} of members (chance {succ['chance']:.0%}); "
+        f"{'in' if in_all else 'not in'} every circuit"
+        + ("" if several else " (only one family's circuit found)"),
+        [
+            Condition(_COMPETENT, len(competent), ">=", 2, "{:d}"),
+            Condition(
+                "members whose successor the best head ranks first",
+                succ["top_score"],
+                ">=",
+                0.5,
+                "{:.0%}",
+            ),
+            Condition.requires("the best head is in the circuit of every family (≥ 2 families)", in_all),
+        ],
+        control=succ["chance"],
+    )
+
+
+def transfer_claim(
+    circuits: dict[str, dict[str, Any]],
+    cross: dict[str, Any],
+    random: dict[str, Any],
+    competent: list[str],
+) -> Claim:
+    claim = "One family's circuit works on another's prompts"
+    paper = "number-word circuit: 87% on numeral prompts; an unrelated (IOI) circuit ≈ −7%"
     families = list(circuits)
     first = families[0]
-    n_heads_total = results["graph"]["n_layers"] * results["graph"]["n_heads"]
-    c = circuits[first]
-    claims = [
-        Claim(
-            f"A small circuit does the {first} task",
-            "numerals: 14 of 144 heads + most MLPs keep 81% of the logit difference",
-            f"{len(c['heads'])} of {n_heads_total} heads + {len(c['mlps'])} MLPs keep "
-            f"{c['node_share']:.0%}; edge pruning leaves {len(c['edges'])} of "
-            f"{c['n_edges_graph']} edges keeping {c['edge_share']:.0%} (all ablated: "
-            f"{c['ablated_all_share']:.0%})",
-            c["node_share"] >= 0.8 and len(c["heads"]) <= n_heads_total / 2,
-            "the pruned circuit keeps ≥ 80% with at most half of the heads",
-        )
-    ]
-    several = len(families) >= 2  # with one family, "shared" would be that circuit itself
-    smallest = min(len(circuits[f]["heads"]) for f in families)
-    claims.append(
-        Claim(
-            "The families share their heads",
-            "eight heads are in all three circuits",
-            (
-                f"{len(shared['heads'])} heads in all {len(families)} circuits "
-                f"({', '.join(shared['heads']) or 'none'}); circuit sizes "
-                + ", ".join(f"{f} {len(circuits[f]['heads'])}" for f in families)
-            )
-            if several
-            else f"not measured: the model continues only {first}",
-            several and len(shared["heads"]) >= 1 and len(shared["heads"]) >= smallest / 2,
-            "at least half of the smallest circuit's heads are in every circuit (of ≥ 2 families)",
-        )
-    )
-    succ = results["successor"]
-    in_all = several and succ["top"] in shared["heads"]
-    claims.append(
-        Claim(
-            "A successor head does the increment",
-            "one late head's OV circuit maps each member to the next, inside the shared circuit",
-            f"top successor head {succ['top']}: next member ranked first for "
-            f"{succ['top_score']:.0%} of members (chance {succ['chance']:.0%}); "
-            f"{'in' if in_all else 'not in'} every circuit"
-            + ("" if several else " (only one family's circuit found)"),
-            succ["top_score"] >= 0.5 and in_all,
-            "the best head ranks the successor first for ≥ 50% of members and is in the circuit of "
-            "every family (≥ 2 families)",
-        )
-    )
-    cross = results["cross_family"]
-    random = results["random_circuits"]
     if len(families) < 2:
-        claims.append(
-            Claim(
-                "One family's circuit works on another's prompts",
-                "number-word circuit: 87% on numeral prompts; an unrelated (IOI) circuit ≈ −7%",
-                f"not measured: the model continues only {first}",
-                False,
-                "needs two families the model continues",
-            )
-        )
-        return claims
+        return Claim.not_measured(claim, paper, f"the model continues only {first}")
     if "number_words" in families and "numerals" in families:
         i, j = families.index("number_words"), families.index("numerals")
         transfer, pair = cross["share"][i][j], "number-word circuit on numeral prompts"
     else:
         transfer, pair = cross["share"][1][0], f"{families[1]} circuit on {first} prompts"
-    claims.append(
-        Claim(
-            "One family's circuit works on another's prompts",
-            "number-word circuit: 87% on numeral prompts; an unrelated (IOI) circuit ≈ −7%",
-            f"{pair}: {transfer:.0%}; random circuits of the {first} circuit's size: "
-            f"{random['mean']:.0%} on average over {len(random['shares'])}",
-            transfer >= 0.7 and transfer - random["mean"] >= 0.4,
-            "≥ 70% kept across families and ≥ 40 points above same-size random circuits",
-        )
+    return Claim.of(
+        claim,
+        paper,
+        f"{pair}: {transfer:.0%}; random circuits of the {first} circuit's size: "
+        f"{random['mean']:.0%} on average over {len(random['shares'])}",
+        [
+            Condition(_COMPETENT, len(competent), ">=", 2, "{:d}"),
+            Condition("share kept across families", transfer, ">=", 0.7, "{:.0%}"),
+            Condition(
+                "its lead over same-size random circuits", transfer - random["mean"], ">=", 0.4, "{:.0%}"
+            ),
+        ],
+        control=random["mean"],
     )
-    return claims
 
 
-__all__ = ["FAMILIES", "STUDY_PRESETS", "run_seqcont_study", "study_config"]
+STUDY = Study(
+    name="seqcont",
+    title="Interpreting Shared Circuits for Ordered Sequence Prediction — reproduction",
+    summary="Lan & Barez 2023: which circuits continue 1 2 3, one two three, January February",
+    presets=STUDY_PRESETS,
+    configure=study_config,
+    measure=measure,
+    claims=check_claims,
+    sections=sections,
+    takes_model=True,
+)
+
+
+__all__ = ["FAMILIES", "STUDY", "STUDY_PRESETS", "study_config"]

@@ -1,18 +1,29 @@
-"""The seqcont study's measurements, each returning a JSON-able dict (figures are drawn elsewhere)."""
+"""The seqcont study's measurements, each returning a JSON-able dict (figures are drawn elsewhere).
+
+The methods are task-agnostic and live in :mod:`tinylens.analysis` (``behaviour``,
+``find_circuit``); this module turns the task's words into prompts and the methods' results into
+the study's dicts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Int
 
-from tinylens.analysis import circuits as C
-from tinylens.analysis.graph import ComponentGraph
-from tinylens.analysis.patching import logit_diff, patch_sweep
-from tinylens.analysis.protocol import HookedModel
-from tinylens.analysis.successor import successor_scores
+from tinylens.analysis import (
+    ComponentGraph,
+    ContrastPrompts,
+    HookedModel,
+    faithfulness,
+    find_circuit,
+    mean_node_outputs,
+    node_circuit,
+    successor_scores,
+)
+from tinylens.analysis import behaviour as measure_behaviour
 from tinylens.errors import ConfigError, TokenError
 from tinylens.tasks.seqcont import FAMILIES, PERIOD, TEMPLATE, SeqcontTask, filler_words
 
@@ -68,20 +79,14 @@ class WordEncoder:
         return self.table[[self.task.vocab.index(m) for m in FAMILIES[family]]]
 
 
-@dataclass
-class FamilyPrompts:
+@dataclass(frozen=True)
+class FamilyPrompts(ContrastPrompts):
     """Clean and corrupted prompts of one family, in the model's token ids."""
 
     family: str
-    clean: Int[torch.Tensor, "batch pos"]
-    corrupt: Int[torch.Tensor, "batch pos"]
-    answer: Int[torch.Tensor, " batch"]
-    contrast: Int[torch.Tensor, " batch"]
+    """The sequence family (``numerals``, ``months``, …)."""
     text: list[str]
-
-    @property
-    def metric(self) -> C.Metric:
-        return logit_diff(self.answer, self.contrast)
+    """The first few full prompts as words, for the report."""
 
 
 def family_prompts(
@@ -102,19 +107,8 @@ def family_prompts(
 
 
 def behaviour(model: HookedModel, prompts: FamilyPrompts) -> dict[str, float]:
-    """Top-1 accuracy, mean logit difference, and the same on the corrupted prompts."""
-    with torch.no_grad():
-        clean = model(prompts.clean)[:, -1]
-        corrupt = model(prompts.corrupt)[:, -1]
-    rows = torch.arange(len(clean))
-    return {
-        "accuracy": float((clean.argmax(-1) == prompts.answer).float().mean()),
-        "logit_diff": float((clean[rows, prompts.answer] - clean[rows, prompts.contrast]).mean()),
-        "corrupt_logit_diff": float(
-            (corrupt[rows, prompts.answer] - corrupt[rows, prompts.contrast]).mean()
-        ),
-        "n": len(clean),
-    }
+    """:func:`tinylens.analysis.behaviour` as the study's dict."""
+    return asdict(measure_behaviour(model, prompts))
 
 
 def family_circuit(
@@ -125,38 +119,25 @@ def family_circuit(
     min_share: float,
     ig_steps: int,
 ) -> dict[str, Any]:
-    """Node pruning, then edge pruning, an EAP-IG faithfulness curve and a head patching map."""
-    ablation = C.mean_ablation(graph, prompts.corrupt)
-    metric = prompts.metric
-    nodes = C.prune_nodes(graph, prompts.clean, ablation=ablation, metric=metric, min_share=min_share)
-    edges = C.prune_edges(
-        graph, nodes.circuit, prompts.clean, ablation=ablation, metric=metric, min_share=min_share
-    )
-    # ranked by the same intervention the curve measures: mean ablation
-    scores = C.edge_attribution(graph, prompts.clean, metric, ablation=ablation, ig_steps=ig_steps)
-    n_edges = len(graph.edges)
-    sizes = sorted({min(n_edges, round(n_edges ** (k / 12))) for k in range(1, 13)})
-    curve = C.faithfulness_curve(graph, scores, sizes, prompts.clean, ablation=ablation, metric=metric)
-    heads = patch_sweep(
-        model, prompts.clean, prompts.corrupt, metric, site="head", per_position=False, source="mean"
-    )
-    circuit_nodes = sorted(nodes.circuit.nodes - {"embed"}, key=graph.node_index.get)
+    """:func:`tinylens.analysis.find_circuit` (``model`` is ``graph.model``) as the study's dict."""
+    found = find_circuit(graph, prompts, min_share=min_share, ig_steps=ig_steps)
+    curve = found.curve
     return {
-        "nodes": circuit_nodes,
-        "heads": [n for n in circuit_nodes if n.startswith("A")],
-        "mlps": [n for n in circuit_nodes if n.startswith("M")],
-        "node_share": nodes.share,
-        "dropped": list(nodes.dropped),
-        "edges": sorted(f"{s}->{d}" for s, d in edges.circuit.edges),
-        "edge_share": edges.share,
-        "n_edges_node_circuit": len(nodes.circuit),
-        "n_edges_graph": n_edges,
+        "nodes": list(found.node_names),
+        "heads": [n for n in found.node_names if n.startswith("A")],
+        "mlps": [n for n in found.node_names if n.startswith("M")],
+        "node_share": found.nodes.share,
+        "dropped": list(found.nodes.dropped),
+        "edges": sorted(f"{s}->{d}" for s, d in found.edges.circuit.edges),
+        "edge_share": found.edges.share,
+        "n_edges_node_circuit": len(found.nodes.circuit),
+        "n_edges_graph": found.n_edges_graph,
         "eap_ig_curve": {
             "n_edges": [k for k, _ in curve],
             "share": [s.share for _, s in curve],
             "normalised": [s.normalised for _, s in curve],
         },
-        "head_patching": heads.normalised.tolist(),
+        "head_patching": found.head_patching.normalised.tolist(),
         "ablated_all_share": curve[0][1].empty / curve[0][1].full,
     }
 
@@ -168,12 +149,12 @@ def cross_family(
     families = list(circuits)
     shares = []
     for a in families:
-        circuit = C.node_circuit(graph, circuits[a]["nodes"])
+        circuit = node_circuit(graph, circuits[a]["nodes"])
         row = []
         for b in families:
             p = prompts[b]
-            ablation = C.mean_ablation(graph, p.corrupt)
-            row.append(C.faithfulness(graph, circuit, p.clean, ablation=ablation, metric=p.metric).share)
+            ablated = mean_node_outputs(graph, p.corrupt)
+            row.append(faithfulness(graph, circuit, p.clean, ablated=ablated, metric=p.metric).share)
         shares.append(row)
     return {"families": families, "share": shares}
 
@@ -186,21 +167,21 @@ def random_circuits(
     rng = torch.Generator().manual_seed(seed)
     heads = [x.name for x in graph.nodes if x.head is not None]
     mlps = [x.name for x in graph.nodes if x.name.startswith("M")]
-    ablation = C.mean_ablation(graph, prompts.corrupt)
+    ablated = mean_node_outputs(graph, prompts.corrupt)
     if n < 1:
         raise ConfigError(f"the random-circuit control needs at least one circuit, got n={n}")
     shares = []
     for _ in range(n):
         pick = [heads[int(i)] for i in torch.randperm(len(heads), generator=rng)[: len(like["heads"])]]
         pick += [mlps[int(i)] for i in torch.randperm(len(mlps), generator=rng)[: len(like["mlps"])]]
-        circuit = C.node_circuit(graph, pick)
-        score = C.faithfulness(graph, circuit, prompts.clean, ablation=ablation, metric=prompts.metric)
+        circuit = node_circuit(graph, pick)
+        score = faithfulness(graph, circuit, prompts.clean, ablated=ablated, metric=prompts.metric)
         shares.append(score.share)
     return {"family": prompts.family, "shares": shares, "mean": sum(shares) / len(shares)}
 
 
 def successor_heads(graph: ComponentGraph, encoder: WordEncoder, families: list[str]) -> dict[str, Any]:
-    scores = successor_scores(graph, [encoder.members(f) for f in families])
+    scores = successor_scores(graph.model, [encoder.members(f) for f in families])
     best = int(scores.flatten().argmax())
     layer, head = divmod(best, graph.n_heads)
     # a head that ranks members at random picks the successor 1 time in (family size)

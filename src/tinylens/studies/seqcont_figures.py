@@ -7,15 +7,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from tinylens.studies.report import Section
-
-
-def _fig(width: float = 8.0, height: float = 4.5) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _pct(x: float) -> str:
-    return f"{x:.0%}"
+from tinylens.studies.report import Section, new_figure, pct
 
 
 def _position(name: str, n_heads: int, n_layers: int) -> tuple[float, float]:
@@ -35,7 +27,7 @@ def circuit_figure(results: dict[str, Any]) -> Figure:
     """Each family's edge-pruned circuit; nodes in every family's circuit are outlined in black."""
     circuits, shared = results["circuits"], set(results["shared"]["all"])
     n_layers, n_heads = results["graph"]["n_layers"], results["graph"]["n_heads"]
-    fig = _fig(4.2 * len(circuits), 4.5)
+    fig = new_figure(4.2 * len(circuits), 4.5)
     for k, (family, c) in enumerate(circuits.items()):
         ax = fig.add_subplot(1, len(circuits), k + 1)
         for edge in c["edges"]:
@@ -62,7 +54,7 @@ def circuit_figure(results: dict[str, Any]) -> Figure:
             )
         ax.set(
             title=f"{family}: {len(c['heads'])} heads, {len(c['mlps'])} MLPs, "
-            f"{len(c['edges'])} edges ({_pct(c['edge_share'])})",
+            f"{len(c['edges'])} edges ({pct(c['edge_share'], 0)})",
             xticks=range(n_heads),
             yticks=range(-1, n_layers + 1),
             yticklabels=["embed", *[f"L{layer}" for layer in range(n_layers)], "logits"],
@@ -73,7 +65,7 @@ def circuit_figure(results: dict[str, Any]) -> Figure:
 
 
 def heatmaps_figure(maps: dict[str, list[list[float]]], title: str, label: str) -> Figure:
-    fig = _fig(3.6 * len(maps), 3.2)
+    fig = new_figure(3.6 * len(maps), 3.2)
     for k, (name, values) in enumerate(maps.items()):
         ax = fig.add_subplot(1, len(maps), k + 1)
         data = np.array(values)
@@ -86,7 +78,7 @@ def heatmaps_figure(maps: dict[str, list[list[float]]], title: str, label: str) 
 
 
 def curve_figure(circuits: dict[str, Any]) -> Figure:
-    fig = _fig(6.5, 4.0)
+    fig = new_figure(6.5, 4.0)
     ax = fig.add_subplot()
     for family, c in circuits.items():
         curve = c["eap_ig_curve"]
@@ -108,7 +100,7 @@ def curve_figure(circuits: dict[str, Any]) -> Figure:
 
 
 def cross_figure(cross: dict[str, Any], random: dict[str, Any]) -> Figure:
-    fig = _fig(5.5, 4.2)
+    fig = new_figure(5.5, 4.2)
     ax = fig.add_subplot()
     data = np.array(cross["share"])
     image = ax.imshow(
@@ -119,11 +111,11 @@ def cross_figure(cross: dict[str, Any], random: dict[str, Any]) -> Figure:
     ax.set_yticks(range(len(families)), families)
     for i in range(len(families)):
         for j in range(len(families)):
-            ax.text(j, i, _pct(data[i, j]), ha="center", va="center", color="white", fontsize=9)
+            ax.text(j, i, pct(data[i, j], 0), ha="center", va="center", color="white", fontsize=9)
     ax.set(
         xlabel="prompts of",
         ylabel="circuit of",
-        title=f"Share kept across families (random circuits: {_pct(random['mean'])})",
+        title=f"Share kept across families (random circuits: {pct(random['mean'], 0)})",
     )
     ax.title.set_fontsize(10)
     fig.colorbar(image, ax=ax, shrink=0.8)
@@ -138,14 +130,14 @@ def sections(results: dict[str, Any]) -> list[Section]:
     for f, b in behaviour.items():
         row: list[Any] = [
             f,
-            _pct(b["accuracy"]),
+            pct(b["accuracy"], 0),
             f"{b['logit_diff']:.2f}",
             f"{b['corrupt_logit_diff']:.2f}",
         ]
         if f in circuits:
             c = circuits[f]
-            row += [", ".join(c["heads"]), ", ".join(c["mlps"]), _pct(c["node_share"])]
-            row += [len(c["edges"]), _pct(c["edge_share"])]
+            row += [", ".join(c["heads"]), ", ".join(c["mlps"]), pct(c["node_share"], 0)]
+            row += [len(c["edges"]), pct(c["edge_share"], 0)]
         else:  # the model does not continue this family: nothing to explain
             row += ["not searched (logit difference ≤ 0)", "-", "-", "-", "-"]
         rows.append(row)
@@ -217,7 +209,7 @@ def sections(results: dict[str, Any]) -> list[Section]:
             "Successor heads",
             f"For each head, the share of members whose OV image (effective embedding → head OV → "
             f"unembedding) ranks the next member first within its family; chance "
-            f"{_pct(succ['chance'])}. Best: {succ['top']} at {_pct(succ['top_score'])}.",
+            f"{pct(succ['chance'], 0)}. Best: {succ['top']} at {pct(succ['top_score'], 0)}.",
             figures=[
                 (
                     heatmaps_figure({"all families": succ["scores"]}, "successor score", "score"),

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Bool, Int
 
-from tinylens.errors import ConfigError, TokenError
+from tinylens.errors import ConfigError, TokenError, quote
 from tinylens.tasks.base import Task, Tokens
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -145,7 +145,7 @@ class AdditionTask(Task):
         expected = f"{'D' * nd}+{'D' * nd}={'D' * (nd + 1)}"
         if len(text) != self.seq_len:
             raise TokenError(
-                f"{text!r} has {len(text)} characters; a {nd}-digit addition sequence has "
+                f"{quote(text)} has {len(text)} characters; a {nd}-digit addition sequence has "
                 f"{self.seq_len} ({expected}, D a digit)"
             )
         ids = []
@@ -155,7 +155,7 @@ class AdditionTask(Task):
             if not ok:
                 wanted = "'+'" if want_plus else "'='" if want_eq else "a digit"
                 raise TokenError(
-                    f"{char!r} at position {pos} of {text!r} should be {wanted}; "
+                    f"{char!r} at position {pos} of {quote(text)} should be {wanted}; "
                     f"the format is {expected}"
                 )
             ids.append(self._vocab.index(char))
@@ -173,21 +173,21 @@ class AdditionTask(Task):
         example = f"{'1234567890' * 2:.{nd}}+{'9876543210' * 2:.{nd}}="
         question = text.strip()
         if not question.endswith(EQUALS):
-            raise TokenError(f"{text!r} is not a question: it must end with '=' (e.g. {example})")
+            raise TokenError(f"{quote(text)} is not a question: it must end with '=' (e.g. {example})")
         body = question[:-1]
         for pos, char in enumerate(body):
             if char not in DIGITS and char != PLUS:
                 raise TokenError(
-                    f"{char!r} at position {pos} of {text!r} is not a digit or '+'; "
+                    f"{char!r} at position {pos} of {quote(text)} is not a digit or '+'; "
                     f"a question looks like {example}"
                 )
         operands = body.split(PLUS)
         if len(operands) != 2 or not all(operands):
-            raise TokenError(f"{text!r} must be two numbers joined by one '+', e.g. {example}")
+            raise TokenError(f"{quote(text)} must be two numbers joined by one '+', e.g. {example}")
         for operand in operands:
             if len(operand) > nd:
                 raise TokenError(
-                    f"operand {operand!r} has {len(operand)} digits; this task adds numbers of "
+                    f"operand {quote(operand)} has {len(operand)} digits; this task adds numbers of "
                     f"at most {nd} digits"
                 )
         padded = f"{operands[0].zfill(nd)}+{operands[1].zfill(nd)}="

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Int
 
-from tinylens.errors import ConfigError, TokenError, unknown_name
+from tinylens.errors import ConfigError, TokenError, quote, unknown_name
 from tinylens.tasks.base import Task, Tokens
 from tinylens.tasks.maze import (
     GENERATORS,
@@ -296,7 +296,7 @@ class MazeTask(Task):
         for pos, word in enumerate(words):
             if word not in self._ids:
                 raise TokenError(
-                    f"token {pos}: {word!r} is not in the {self.grid}×{self.grid} maze vocabulary"
+                    f"token {pos}: {quote(word)} is not in the {self.grid}×{self.grid} maze vocabulary"
                 )
             ids.append(self._ids[word])
         return ids

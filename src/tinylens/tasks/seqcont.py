@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Int
 
-from tinylens.errors import ConfigError, TokenError, unknown_name
+from tinylens.errors import ConfigError, TokenError, quote, unknown_name
 from tinylens.tasks.base import Task, Tokens
 
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -143,7 +143,7 @@ class SeqcontTask(Task):
         words = _words(text)
         if len(words) != self.seq_len:
             raise TokenError(
-                f"{text!r} has {len(words)} words and periods; a seqcont sequence of "
+                f"{quote(text)} has {len(words)} words and periods; a seqcont sequence of "
                 f"{self.n_items} items has {self.seq_len} (e.g. {self._example()!r})"
             )
         return self._check_layout(words)
@@ -162,11 +162,13 @@ class SeqcontTask(Task):
         words = _words(text)
         if len(words) != self.seq_len - 1:
             raise TokenError(
-                f"{text!r} has {len(words)} words and periods; a prompt of {self.n_items} items "
+                f"{quote(text)} has {len(words)} words and periods; a prompt of {self.n_items} items "
                 f"has {self.seq_len - 1}, ending in 'done in' (e.g. "
                 f"{self._example().rsplit(' ', 1)[0]!r})"
             )
-        return self._check_layout(words)
+        prompt = self._check_layout(words)
+        self._check_sequence(words[3::ITEM_LEN])
+        return prompt
 
     def solve(self, prompt: Int[torch.Tensor, "batch prompt"]) -> Tokens:
         last = prompt[:, self.member_positions[-2]]
@@ -248,8 +250,27 @@ class SeqcontTask(Task):
             else:
                 ok, wanted = word == PERIOD, "'.'"
             if not ok:
-                raise TokenError(f"{word!r} at position {pos} should be {wanted}")
+                raise TokenError(f"{quote(word)} at position {pos} should be {wanted}")
         return torch.tensor([self._index[w] for w in words], dtype=torch.int64)
+
+    def _check_sequence(self, members: list[str]) -> None:
+        """Shown members must be consecutive members of one family, the last with a successor:
+        otherwise the prompt has no true answer to compare the model's with."""
+        family = next(f for f in self.families if members[0] in FAMILIES[f])
+        order = FAMILIES[family]
+        start = order.index(members[0])
+        expected = list(order[start : start + len(members)])
+        if members != expected:
+            raise TokenError(
+                f"the members shown, {', '.join(members)}, do not continue one family in order; "
+                f"after {members[0]!r} a {family} prompt shows {', '.join(expected)} "
+                f"(e.g. {self._example().rsplit(' ', 1)[0]!r})"
+            )
+        if start + len(members) == len(order):
+            raise TokenError(
+                f"{members[-1]!r} is the last of the {family} family, so the prompt has no next "
+                f"member; start the sequence earlier"
+            )
 
     def _example(self) -> str:
         members = FAMILIES[self.families[0]][: self.n_items]
