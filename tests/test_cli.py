@@ -326,3 +326,13 @@ def test_reindex_finds_the_runs_of_a_lost_index(
     assert code == 0 and [r["name"] for r in json.loads(out)] == [name]
     code, _, err = run_cli(capsys, "reindex", "-w", str(tmp_path / "nowhere"))
     assert code == 2 and "no workspace folder" in err and not (tmp_path / "nowhere").exists()
+
+
+def test_study_list_comes_from_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "study", "--list")
+    assert code == 0
+    for name in ("addition", "maze", "seqcont"):
+        assert name in out
+    assert "Quirke & Barez" in out
+    code, _, err = run_cli(capsys, "study")
+    assert code == 2 and "tinylens study --list" in err and len(err.strip().splitlines()) == 1

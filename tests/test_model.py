@@ -136,3 +136,18 @@ def test_rotary_models_have_no_position_weights_and_see_order() -> None:
     tokens = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():  # attention over a permuted prefix differs: positions are encoded
         assert not torch.allclose(rotary(tokens)[0, -1], rotary(tokens[:, [1, 0, 2, 3, 4]])[0, -1])
+
+
+def test_load_pretrained_never_reaches_a_pickle(tmp_path: Path) -> None:
+    """FINDINGS 17: a stray safetensors file beside a pickled `pytorch_model.bin` once let the
+    folder through to `from_pretrained`, which could unpickle the .bin; now either is refused."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    (folder / "unrelated.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors"):
+        load_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not a model")
+    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match=r"pickled weights \(pytorch_model\.bin\)"):
+        load_pretrained(folder)

@@ -27,6 +27,8 @@ from tinylens.store import (
     read_metrics_file,
     save_tensors,
 )
+from tinylens.store import index as store_index
+from tinylens.store import workspace as store_workspace
 
 
 def make_runs(root: Path) -> Workspace:
@@ -136,7 +138,8 @@ def test_a_read_only_workspace_can_be_listed(tmp_path: Path, monkeypatch: pytest
     make_runs(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     # root ignores permissions, so the check is patched as well as the modes set
-    monkeypatch.setattr(store, "_is_writable", lambda path: False)
+    for module in (store_index, store_workspace):  # every module that asks
+        monkeypatch.setattr(module, "_is_writable", lambda path: False)
     for path in [tmp_path, *tmp_path.iterdir()]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     try:
@@ -159,7 +162,8 @@ def test_a_read_only_workspace_without_its_index_is_listed_from_the_folders(
 ) -> None:
     make_runs(tmp_path)
     (tmp_path / DB_NAME).unlink()
-    monkeypatch.setattr(store, "_is_writable", lambda path: False)
+    for module in (store_index, store_workspace):  # every module that asks
+        monkeypatch.setattr(module, "_is_writable", lambda path: False)
     assert_intact(Workspace(tmp_path))
     assert not (tmp_path / DB_NAME).exists()
 

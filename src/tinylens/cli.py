@@ -25,7 +25,7 @@ from tinylens.config import PRESETS, derive_seed, make_run_config, read_override
 from tinylens.errors import TinylensError
 from tinylens.evaluation import EVAL_BATCH, EvalResult, EvalTally, greedy_answer
 from tinylens.store import DEFAULT_WORKSPACE, Workspace
-from tinylens.studies import run_study
+from tinylens.studies import STUDIES, run_study
 from tinylens.tasks import TASKS, Task
 
 app = typer.Typer(
@@ -167,25 +167,50 @@ def predict(
     out.print(f"{true_text}  true  {verdict}", highlight=False, soft_wrap=True)
 
 
+_TAKERS = ", ".join(n for n, s in STUDIES.items() if s.takes_model)
+
+
 @app.command()
 def study(
-    name: Annotated[str, typer.Argument(help="Study to run: addition, maze, seqcont.")],
+    name: Annotated[
+        str | None, typer.Argument(help=f"Study to run: {', '.join(STUDIES)}.", show_default=False)
+    ] = None,
     preset: Annotated[
-        str, typer.Option(help="quick (CPU, minutes), paper (GPU-sized) or tiny (a smoke run).")
-    ] = "quick",
+        str | None,
+        typer.Option(help="quick (CPU, minutes; the default), paper (GPU-sized) or tiny (a smoke run)."),
+    ] = None,
     model: Annotated[
         Path | None,
         typer.Option(
-            help="seqcont only: a local Hugging Face checkpoint folder (e.g. GPT-2, with its "
+            help=f"{_TAKERS} only: a local Hugging Face checkpoint folder (e.g. GPT-2, with its "
             "tokenizer) to study instead of training a model."
         ),
     ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the studies, their presets and papers.")
+    ] = False,
 ) -> None:
     """Run a study end to end (training its models if needed) and print its report's path."""
+    if list_:
+        _list_studies()
+        return
+    if name is None:
+        raise TinylensError(
+            f"name a study to run ({', '.join(STUDIES)}), or `tinylens study --list` to see them"
+        )
     run = run_study(name, Workspace(workspace), preset, progress=progress, model=model)
     out.print(str(run.report_path), highlight=False, soft_wrap=True)
+
+
+def _list_studies() -> None:
+    table = Table("study", "presets", "--model", "paper and question")
+    for study_ in STUDIES.values():
+        table.add_row(
+            study_.name, ", ".join(study_.presets), "yes" if study_.takes_model else "", study_.summary
+        )
+    out.print(table)
 
 
 @app.command()

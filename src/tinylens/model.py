@@ -201,11 +201,19 @@ def config_from_metadata(metadata: dict[str, str], path: Path) -> ModelConfig:
         raise CheckpointError(f"{path} has no valid model config in its metadata ({err})") from None
 
 
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+"""The weights file names ``save_pretrained`` writes (one file, or the index of shards)."""
+
+PICKLED_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+"""Files that hold pickles: a checkpoint folder with any of them is refused, not loaded."""
+
+
 def load_pretrained(path: Path | str) -> TransformerBridge:
     """Open a local Hugging Face checkpoint directory (e.g. GPT-2 saved with ``save_pretrained``).
 
-    Nothing is downloaded: the directory must hold ``config.json`` and safetensors weights (a
-    pickled ``pytorch_model.bin`` is refused: unpickling a file can run code).
+    Nothing is downloaded: the directory must hold ``config.json`` and ``model.safetensors`` (or its
+    shard index), and no pickled weights at all (``pytorch_model.bin`` and the like are refused,
+    not skipped: unpickling a file can run code, and transformers may pick one over safetensors).
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
@@ -213,10 +221,17 @@ def load_pretrained(path: Path | str) -> TransformerBridge:
             f"{folder} is not a Hugging Face checkpoint directory (no config.json); pass the "
             "folder written by `model.save_pretrained(...)`"
         )
-    if not any(folder.glob("*.safetensors")):
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_SUFFIXES)
+    if pickled:
+        # transformers may prefer or fall back to these files; unpickling one can run its code
         raise CheckpointError(
-            f"{folder} holds no .safetensors weights; tinylens does not unpickle "
-            "pytorch_model.bin files. Re-save the model with "
+            f"{folder} holds pickled weights ({', '.join(pickled[:3])}); tinylens never unpickles "
+            "a file it is handed. Move them out of the folder, keeping the .safetensors weights"
+        )
+    if not any((folder / name).is_file() for name in SAFETENSORS_WEIGHTS):
+        raise CheckpointError(
+            f"{folder} holds no model.safetensors (nor its shard index); tinylens loads safetensors "
+            "weights only. Re-save the model with "
             "`model.save_pretrained(folder, safe_serialization=True)`"
         )
     try:

@@ -197,11 +197,16 @@ def phases_claim(curves: dict[str, Any]) -> Claim:
         f"{len(mids)} of {len(digits)} digits' log-loss falls ≥ {PHASE_MIN_DROP:g} nat; "
         f"half-way steps: {order}; spread {spread:.0%} of the latest",
         [
-            Condition("digits whose loss falls", len(mids), ">=", 3, "{:d}"),
+            Condition(
+                f"digits with a real fall (≥ {PHASE_MIN_DROP:g} nat of log-loss)",
+                len(mids),
+                ">=",
+                3,
+                "{:d}",
+            ),
             Condition("distinct half-way steps", len(set(mids.values())), ">=", 3, "{:d}"),
             Condition("spread of half-way steps", spread, ">=", 0.2, "{:.0%} of the latest"),
         ],
-        note=f"a digit counts when its smoothed log-loss falls by ≥ {PHASE_MIN_DROP:g} nat",
     )
 
 
@@ -222,7 +227,7 @@ def own_position_claim(pos: dict[str, Any]) -> Claim:
         ],
         note="mean-ablating attention at the position before each digit; in a 1-layer model no "
         "other position can reach that digit's logits at all, so the test is that its own "
-        "position carries what the model knows (a model that cannot add does not count)",
+        "position carries what the model knows; a model that cannot add does not count",
     )
 
 

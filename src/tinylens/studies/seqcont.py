@@ -237,7 +237,7 @@ this: a circuit that keeps most of a logit difference the model barely has expla
 (a 60-step model passed "a small circuit does the task" at 3% accuracy without this)."""
 
 
-_COMPETENT = f"families the model predicts top-1 ≥ {MIN_ACCURACY:.0%}"
+_COMPETENT = f"families the model continues (top-1 accuracy ≥ {MIN_ACCURACY:.0%})"
 
 
 def competent_families(behaviour: dict[str, dict[str, Any]]) -> list[str]:

@@ -89,7 +89,11 @@ class AdditionTask(Task):
                 The paper enriches 20% of batches at 20% of columns; enriching 20% of questions gives
                 the same rate of cascades with less batch-to-batch variance.
         """
-        if not isinstance(n_digits, int) or not 1 <= n_digits <= MAX_DIGITS:
+        if (
+            isinstance(n_digits, bool)
+            or not isinstance(n_digits, int)
+            or not 1 <= n_digits <= MAX_DIGITS
+        ):
             raise ConfigError(f"addition n_digits must be an integer 1–{MAX_DIGITS}, got {n_digits!r}")
         for field, value in (
             ("sum9_example_frac", sum9_example_frac),

@@ -1,0 +1,90 @@
+"""Safetensors checkpoints, written atomically with a sha256 of their tensors that is checked on
+load. Nothing is ever pickled."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open as _safe_open
+from safetensors.torch import save_file
+
+from tinylens.errors import CheckpointError
+from tinylens.store.files import atomic_path
+
+FORMAT_VERSION = "1"
+CHECKSUM_KEY = "tensors_sha256"
+"""Metadata key of a checkpoint's tensor checksum (see :func:`tensors_digest`)."""
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in sorted name order (hex)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically, with a checksum of its tensors in the metadata.
+
+    ``metadata`` values must be strings.
+    """
+    contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
+    meta = {"format_version": FORMAT_VERSION, **metadata, CHECKSUM_KEY: tensors_digest(contiguous)}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=meta)
+
+
+def load_tensors(path: Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file written by :func:`save_tensors`, check its ``kind`` and checksum.
+
+    Args:
+        path: the file.
+        kind: the ``kind`` its metadata must carry (e.g. ``"tinylens.model"``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupt, damaged (its tensors no longer
+            match their checksum) or of another kind.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with _safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({err}); delete it and retrain, "
+            "or resume from an earlier checkpoint"
+        ) from None
+    if metadata.get("kind") != kind:
+        raise CheckpointError(
+            f"{path} holds {metadata.get('kind')!r}, not a {kind!r} file; pass a tinylens "
+            "checkpoint (checkpoints/step-N.safetensors) or a run name"
+        )
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {metadata.get('format_version')!r}; this tinylens reads "
+            f"version {FORMAT_VERSION}"
+        )
+    # Files written before checksums existed have none; they load as before.
+    if CHECKSUM_KEY in metadata and tensors_digest(tensors) != metadata[CHECKSUM_KEY]:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its tensors do not match the checksum written with "
+            "them; delete it and use another checkpoint of the run, or retrain"
+        )
+    return tensors, metadata
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, without reading (or checking) its tensors."""
+    try:
+        with _safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from None
