@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tinylens.errors import CheckpointError, ConfigError
 from tinylens.model import ModelConfig, build_model, load_model, load_pretrained, save_model
+from tinylens.store import CHECKSUM_KEY
 
 from .helpers import model_cfg
 
@@ -151,3 +154,20 @@ def test_load_pretrained_never_reaches_a_pickle(tmp_path: Path) -> None:
     (folder / "model.safetensors").write_bytes(b"\0" * 16)
     with pytest.raises(CheckpointError, match=r"pickled weights \(pytorch_model\.bin\)"):
         load_pretrained(folder)
+
+
+def test_non_finite_weights_without_a_checksum_are_refused(tmp_path: Path) -> None:
+    """A checkpoint without its checksum (written before checksums, or stripped) still cannot
+    hand `eval` a model of NaNs: loading refuses non-finite weights."""
+    cfg = model_cfg()
+    path = tmp_path / "m.safetensors"
+    save_model(build_model(cfg, seed=0), cfg, path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    del metadata[CHECKSUM_KEY]
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        load_model(path)

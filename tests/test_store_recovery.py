@@ -276,3 +276,29 @@ def test_the_index_opens_in_wal_mode_beside_other_openers(tmp_path: Path) -> Non
     assert sorted(names) == ["r0", "r1", "r2", "r3", "shared"]
     mode = sqlite3.connect(tmp_path / "ws" / DB_NAME).execute("PRAGMA journal_mode").fetchone()
     assert mode[0] == "wal" and socket.gethostname()
+
+
+@pytest.mark.parametrize("action", ["reindex", "create_run", "runs"])
+def test_an_index_damaged_in_the_middle_is_rebuilt_on_any_use(tmp_path: Path, action: str) -> None:
+    """Noise over one page past the header opens fine and fails only on a later query: a write
+    (create_run, reindex) once ended in `database disk image is malformed` tracebacks."""
+    ws = make_runs(tmp_path)
+    ws.run("alpha").log_metrics([(s, f"m{k}", 0.1) for s in range(5, 400) for k in range(3)])
+    ws.close()
+    db = tmp_path / DB_NAME
+    probe = sqlite3.connect(db)
+    page = probe.execute("PRAGMA page_size").fetchone()[0]
+    probe.close()
+    wal = tmp_path / f"{DB_NAME}-wal"
+    assert db.stat().st_size > 4 * page and not (wal.exists() and wal.stat().st_size)
+    with db.open("r+b") as f:
+        f.seek(2 * page)
+        f.write(os.urandom(page))
+    ws = Workspace(tmp_path)
+    if action == "reindex":
+        assert ws.reindex() == ["alpha", "study-beta"]
+    elif action == "create_run":
+        ws.create_run("gamma", {"z": 3}, kind="train")
+    infos = {r.name for r in ws.runs()}
+    assert {"alpha", "study-beta"} <= infos
+    assert len(ws.run("alpha").metrics()["m0"].steps) == 395  # restored from metrics.jsonl

@@ -7,6 +7,7 @@ printed as one line ``error: …`` on stderr with no traceback; 130 interrupted 
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import sys
@@ -97,7 +98,7 @@ def list_runs(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, as_json: JsonOpt = Fa
     """List the runs in the workspace."""
     infos = Workspace(workspace).runs()
     if as_json:
-        print(json.dumps([info.__dict__ for info in infos], indent=2))
+        print(_strict_json([info.__dict__ for info in infos]))
         return
     table = Table("name", "kind", "status", "step")
     for info in infos:
@@ -133,7 +134,7 @@ def eval_run(
     result = tally.result()
     if as_json:
         payload = {"run": run, "step": trained.step, "seed": seed, **result.to_dict()}
-        print(json.dumps({**payload, "generation": generated}, indent=2))
+        print(_strict_json({**payload, "generation": generated}))
         return
     _print_eval(run, trained.step, result)
     for name, value in generated.items():
@@ -221,6 +222,21 @@ def reindex(workspace: WorkspaceOpt = DEFAULT_WORKSPACE) -> None:
     names = Workspace(workspace).reindex()
     runs = "run" if len(names) == 1 else "runs"
     out.print(f"indexed {len(names)} {runs} in {workspace}", highlight=False, soft_wrap=True)
+
+
+def _strict_json(obj: object) -> str:
+    """Indented JSON that strict readers accept: NaN (an empty class's accuracy) becomes null."""
+
+    def finite(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), indent=2, allow_nan=False)
 
 
 def _report_training(result: runs_api.TrainResult) -> None:

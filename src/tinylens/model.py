@@ -166,8 +166,9 @@ def load_model(path: Path, expected: ModelConfig | None = None) -> TransformerBr
             the checkpoint's own stored config must equal it.
 
     Raises:
-        CheckpointError: the file is missing, truncated, corrupt, damaged (checksum), does not match
-            its own config, or holds another architecture than ``expected``.
+        CheckpointError: the file is missing, truncated, corrupt, damaged (checksum, or weights
+            that are not finite), does not match its own config, or holds another architecture
+            than ``expected``.
     """
     tensors, metadata = load_tensors(Path(path), kind=MODEL_KIND)
     cfg = config_from_metadata(metadata, path)
@@ -175,6 +176,14 @@ def load_model(path: Path, expected: ModelConfig | None = None) -> TransformerBr
         raise CheckpointError(
             f"{path} holds a model with {_differences(cfg, expected)} than its run's config.json "
             "describes; restore the run's config.json, or train a new run with the new config"
+        )
+    broken = sorted(k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all())
+    if broken:
+        # the trainer never saves non-finite weights, so this is damage the checksum did not catch
+        # (a file written before checksums, or one whose checksum was stripped)
+        raise CheckpointError(
+            f"{path} holds non-finite weights ({', '.join(broken[:3])}); it is damaged: use "
+            "another checkpoint of the run, or retrain"
         )
     model = build_model(cfg, seed=0)
     try:

@@ -107,9 +107,14 @@ class Workspace(_WorkspaceIndex):
             TinylensError: the workspace is read-only.
         """
         self._require_writable()
-        with _exclusive(self._ensure_root()), self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self._fill_index(self.db)
+
+        def rebuild(db: sqlite3.Connection) -> list[str]:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                return self._fill_index(db)
+
+        with _exclusive(self._ensure_root()):
+            return self._query(rebuild)
 
     # -- runs --
 
@@ -175,20 +180,18 @@ class Workspace(_WorkspaceIndex):
         try:
             write_json(staging / "config.json", config)
             write_json(staging / STATUS_FILE, status)
-            with self.db:  # the row commits only if the folder made it into place
-                self.db.execute("DELETE FROM metrics WHERE run = ?", (name,))  # a stale run's
-                self.db.execute(
-                    "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, 'running', 0, ?, ?)",
-                    (
-                        name,
-                        kind,
-                        config_hash(_finite(config)),
-                        json.dumps(config, sort_keys=True),
-                        now,
-                        now,
-                    ),
-                )
-                staging.replace(self.root / name)  # the run appears whole or not at all
+            row = (name, kind, config_hash(_finite(config)), json.dumps(config, sort_keys=True))
+
+            def insert(db: sqlite3.Connection) -> None:
+                with db:  # the row commits only if the folder made it into place
+                    db.execute("DELETE FROM metrics WHERE run = ?", (name,))  # a stale run's
+                    db.execute(
+                        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, 'running', 0, ?, ?)",
+                        (*row, now, now),
+                    )
+                    staging.replace(self.root / name)  # the run appears whole or not at all
+
+            self._query(insert)  # a corrupt index is moved aside and rebuilt, then this retried
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
