@@ -43,6 +43,8 @@ bench: install
 # pdoc's warnings (an annotation it cannot evaluate, a module it cannot import) are errors here; it
 # renders a reference it cannot resolve as plain text, so every reference is then checked.
 DOC_MODULES = $(shell cd src && find tinylens/analysis -name '*.py' | sed 's|/__init__\.py$$||; s|\.py$$||; s|/|.|g' | sort)
+# the study framework and the store: what a new study module and a sweep build on
+DOC_MODULES += tinylens.studies tinylens.studies.framework tinylens.studies.claims tinylens.store
 docs: install
 	rm -rf build/docs
 	HF_HUB_OFFLINE=1 $(PY) -W error -m pdoc --docformat google -o build/docs tinylens $(DOC_MODULES)

@@ -8,6 +8,7 @@ Each example runs ``cli.main`` in-process on a fresh copy of one small trained w
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -38,6 +39,10 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, _, err = cli("train", "addition", "--preset", "tiny", "--steps", "20", "--name", RUN,
                        "--no-progress", "-w", str(root))  # fmt: skip
     assert code == 0, err
+    # the command's index connection closes when collected: do it now, not during a later copy
+    # (closing checkpoints the -wal file into tinylens.db and deletes it under copytree's feet)
+    gc.collect()
+    assert not (root / "tinylens.db-wal").exists()
     return root
 
 

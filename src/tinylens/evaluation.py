@@ -255,10 +255,13 @@ class EvalTally:
         )
 
 
-def evaluate_batches(model: torch.nn.Module, task: Task, batches: Iterable[Tokens]) -> EvalResult:
+def evaluate_batches(
+    model: torch.nn.Module, task: Task, batches: Iterable[Int[torch.Tensor, "_batch pos"]]
+) -> EvalResult:
     """Score ``model`` on every batch of ``batches`` (full sequences of ``task``), keeping only
     running totals: memory does not grow with the number of batches. The result equals
     :func:`evaluate` on the batches concatenated (counts and accuracies exactly, losses to rounding).
+    Batches may differ in size (hence the unchecked ``_batch`` axis), not in length.
     """
     tally = EvalTally(task)
     for tokens in batches:
