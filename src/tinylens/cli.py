@@ -23,7 +23,7 @@ from typer._click import exceptions as click_errors  # Typer's own copy of click
 
 from tinylens import runs as runs_api
 from tinylens.config import PRESETS, derive_seed, make_run_config, read_overrides
-from tinylens.errors import TinylensError
+from tinylens.errors import Interrupted, TinylensError
 from tinylens.evaluation import EVAL_BATCH, EvalResult, EvalTally, greedy_answer
 from tinylens.store import DEFAULT_WORKSPACE, Workspace
 from tinylens.studies import STUDIES, run_study
@@ -47,10 +47,6 @@ MAX_EVAL_QUESTIONS = 10**7
 """Most questions ``tinylens eval --n`` scores (in batches of :data:`EVAL_BATCH`)."""
 MAX_MESSAGE = 1000
 """Longest error line printed; longer ones (a message quoting huge input) are cut."""
-
-
-class Interrupted(Exception):  # noqa: N818 (a clean stop, not an error)
-    """A command stopped early by Ctrl-C, after saving what it needs to continue."""
 
 
 WorkspaceOpt = Annotated[

@@ -52,3 +52,10 @@ def quote(text: object, limit: int = 40) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+class Interrupted(Exception):  # noqa: N818 (a clean stop, not an error)
+    """Work stopped early by Ctrl-C after saving what it needs to continue (the CLI exits 130).
+
+    Not a :class:`TinylensError`: nothing was wrong with the input.
+    """

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from tinylens import runs
 from tinylens.config import RunConfig
-from tinylens.errors import ConfigError, TinylensError, unknown_name
+from tinylens.errors import ConfigError, Interrupted, TinylensError, unknown_name
 from tinylens.store import Run, Workspace, config_hash
 from tinylens.studies.claims import Claim
 from tinylens.studies.report import Section, render_report
@@ -73,14 +73,16 @@ class StudyContext:
             what: the model's role in the study, for messages (e.g. "1-layer model").
 
         Raises:
-            TinylensError: training stopped before the end (Ctrl-C); it says how to continue.
+            Interrupted: training was stopped by Ctrl-C; the message says how to continue.
         """
         result = runs.train(self.workspace, cfg, progress=self.progress)
-        if result.status != "done":
-            raise TinylensError(
+        if result.status == "interrupted":
+            raise Interrupted(
                 f"training of the {what} stopped at step {result.step}; continue it with "
                 f"`tinylens resume {result.run}`, then run the study again"
             )
+        if result.status != "done":
+            raise TinylensError(f"training of the {what} ended {result.status} at step {result.step}")
         return runs.load_trained(self.workspace, result.run)
 
 
@@ -156,7 +158,8 @@ def run_study(
     """Run study ``name`` end to end and return its run (its folder holds ``report.html``).
 
     The run is marked ``running`` while the study measures, ``done`` once results, claims, figures
-    and report are written, and ``failed`` (``interrupted`` on Ctrl-C) if anything raises; results
+    and report are written, ``interrupted`` on Ctrl-C (a training stopped by it raises
+    :class:`~tinylens.errors.Interrupted`) and ``failed`` if anything else raises; results
     are written only after every measurement succeeded, so a failed study leaves the previous
     complete results in place. Running it again completes it.
 
@@ -183,7 +186,7 @@ def run_study(
         sections = study.sections(result)
         elapsed = time.perf_counter() - started
         _write(run, study, cfg, result, claims, sections, elapsed)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         run.set_status("interrupted")
         raise
     except BaseException as err:
