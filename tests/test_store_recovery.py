@@ -201,6 +201,22 @@ def test_damaged_tensor_bytes_are_a_checkpoint_error(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_damaged_metadata_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A resume state's step or optimizer setting is metadata: a changed digit must not resume
+    silently from another step or with another weight decay."""
+    path = tmp_path / "t.safetensors"
+    meta = {"kind": "k", "step": "123", "param_groups": '[{"weight_decay": 0.1}]'}
+    save_tensors(path, {"w": torch.randn(4, 4)}, meta)
+    assert load_tensors(path, kind="k")[1]["step"] == "123"
+    for old, new in ((b'"123"', b'"923"'), (b"0.1}", b"0.9}")):
+        raw = path.read_bytes()
+        assert raw.count(old) == 1
+        damaged = tmp_path / "d.safetensors"
+        damaged.write_bytes(raw.replace(old, new))
+        with pytest.raises(CheckpointError, match="tensors or metadata do not match"):
+            load_tensors(damaged, kind="k")
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -302,3 +318,36 @@ def test_an_index_damaged_in_the_middle_is_rebuilt_on_any_use(tmp_path: Path, ac
     infos = {r.name for r in ws.runs()}
     assert {"alpha", "study-beta"} <= infos
     assert len(ws.run("alpha").metrics()["m0"].steps) == 395  # restored from metrics.jsonl
+
+
+def test_files_and_run_folders_follow_the_umask(tmp_path: Path) -> None:
+    """mkstemp/mkdtemp make 0600/0700: a shared workspace (or a read-only explorer running as
+    another user) could not read a run. Written files and run folders get what the umask allows."""
+    previous = os.umask(0o022)
+    try:
+        store.files._umask.cache_clear()
+        ws = Workspace(tmp_path)
+        run = ws.create_run("alpha", {"x": 1}, kind="train")
+        run.write_result("r", {"a": 1})
+        assert (run.path.stat().st_mode & 0o777) == 0o755
+        assert ((run.path / "results" / "r.json").stat().st_mode & 0o777) == 0o644
+        assert ((run.path / "config.json").stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(previous)
+        store.files._umask.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [{"step": "abc"}, {"step": None}, {"step": 1e30}, {"kind": [1]}, {"created": "x"}, [], "x"],
+)
+def test_one_damaged_status_file_does_not_break_the_workspace(tmp_path: Path, damaged: object) -> None:
+    """Rebuilding the index reads every status.json: a wrongly typed field once raised out of
+    every command on the workspace (ValueError, TypeError, OverflowError tracebacks)."""
+    make_runs(tmp_path)
+    (tmp_path / "alpha" / STATUS_FILE).write_text(json.dumps(damaged))
+    (tmp_path / DB_NAME).unlink()
+    infos = {r.name: r for r in Workspace(tmp_path).runs()}
+    assert sorted(infos) == ["alpha", "study-beta"]
+    alpha = infos["alpha"]
+    assert alpha.kind == "train" and isinstance(alpha.step, int) and isinstance(alpha.created, float)

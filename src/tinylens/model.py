@@ -217,12 +217,12 @@ PICKLED_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 """Files that hold pickles: a checkpoint folder with any of them is refused, not loaded."""
 
 
-def load_pretrained(path: Path | str) -> TransformerBridge:
-    """Open a local Hugging Face checkpoint directory (e.g. GPT-2 saved with ``save_pretrained``).
+def check_pretrained_folder(path: Path | str) -> Path:
+    """``path`` as a folder :func:`load_pretrained` will open, checked by its files alone (no
+    loading): ``config.json`` and ``model.safetensors`` (or its shard index), and no pickles.
 
-    Nothing is downloaded: the directory must hold ``config.json`` and ``model.safetensors`` (or its
-    shard index), and no pickled weights at all (``pytorch_model.bin`` and the like are refused,
-    not skipped: unpickling a file can run code, and transformers may pick one over safetensors).
+    Raises:
+        CheckpointError: what is missing or refused, and how to re-save the model.
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
@@ -243,6 +243,17 @@ def load_pretrained(path: Path | str) -> TransformerBridge:
             "weights only. Re-save the model with "
             "`model.save_pretrained(folder, safe_serialization=True)`"
         )
+    return folder
+
+
+def load_pretrained(path: Path | str) -> TransformerBridge:
+    """Open a local Hugging Face checkpoint directory (e.g. GPT-2 saved with ``save_pretrained``).
+
+    Nothing is downloaded: the directory must hold ``config.json`` and ``model.safetensors`` (or its
+    shard index), and no pickled weights at all (``pytorch_model.bin`` and the like are refused,
+    not skipped: unpickling a file can run code, and transformers may pick one over safetensors).
+    """
+    folder = check_pretrained_folder(path)
     try:
         model = TransformerBridge.boot_transformers(str(folder), device="cpu")
     except (OSError, ValueError, KeyError) as err:

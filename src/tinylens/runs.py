@@ -86,14 +86,17 @@ def load_trained(workspace: Workspace, name: str, step: int | None = None) -> Tr
     run = workspace.run(name)
     cfg = stored_config(run)
     task = check_task_fits_model(run, cfg)
-    path = run.checkpoint_file(step)
+    # pick the step first, so that a checkpoint a live trainer writes meanwhile cannot make the
+    # reported step differ from the loaded weights
+    saved = run.checkpoint_steps()
+    path = run.checkpoint_file(step if step is not None or not saved else saved[-1])
+    chosen = step if step is not None else saved[-1]
     recorded = read_metadata(path).get("run_config_hash")
     if recorded is not None and recorded != run.config_hash:
         raise ConfigError(
             f"{run.path / 'config.json'} was changed after {path.name} was written; restore the "
             "original config.json, or train a new run with the new config"
         )
-    chosen = step if step is not None else run.checkpoint_steps()[-1]
     return TrainedModel(run, cfg, task, load_model(path, expected=cfg.model), chosen)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matplotlib.figure import Figure
 
 from tinylens.errors import ConfigError, Interrupted, UnknownNameError
 from tinylens.store import Workspace
@@ -38,7 +39,16 @@ BEHAVIOUR = {"fail": ""}
 """What the next toy measurement does: "" succeeds, "error" raises, "ctrl-c" is interrupted."""
 
 
+class _Unsavable(Figure):
+    """A figure whose drawing fails, as a broken plotting call would."""
+
+    def savefig(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot draw")
+
+
 def _measure(ctx: StudyContext, cfg: ToyConfig) -> ToyResult:
+    if BEHAVIOUR["fail"] == "draw":
+        return ToyResult(-1.0)
     if BEHAVIOUR["fail"] == "error":
         raise RuntimeError("measurement broke")
     if BEHAVIOUR["fail"] == "ctrl-c":
@@ -54,7 +64,9 @@ TOY = Study(
     configure=lambda preset, _checkpoint: ToyConfig(preset),
     measure=_measure,
     claims=lambda r: [Claim.at_least("toy claim", "≥ 0.5", r.value, 0.5, "value")],
-    sections=lambda r: [Section("Toy", f"value {r.value}")],
+    sections=lambda r: [
+        Section("Toy", f"value {r.value}", figures=[(_Unsavable(), "x")] if r.value < 0 else [])
+    ],
 )
 
 
@@ -93,6 +105,17 @@ def test_a_failed_or_interrupted_study_says_so_and_reruns(toy: Study, tmp_path: 
     run = ws.run(info.name)
     assert run.read_result("failure") == {"error": "RuntimeError", "message": "measurement broke"}
     assert not run.has_result("claims")  # nothing half-written
+
+    BEHAVIOUR["fail"] = ""
+    run_study("toy", ws, "tiny", progress=False)
+    before = {name: run.read_result(name) for name in ("toy", "claims")}
+    report = run.report_path.read_text()
+    BEHAVIOUR["fail"] = "draw"  # fails while rendering: after measuring, before any write
+    with pytest.raises(RuntimeError, match="cannot draw"):
+        run_study("toy", ws, "tiny", progress=False)
+    assert ws.info(info.name).status == "failed"
+    assert {name: run.read_result(name) for name in ("toy", "claims")} == before
+    assert run.report_path.read_text() == report
 
     BEHAVIOUR["fail"] = "ctrl-c"
     with pytest.raises(Interrupted):

@@ -69,5 +69,5 @@ def test_report_opens_with_every_figure(
     assert headings[0] == "Claims"
     claim_rows = browser.find_elements(By.CSS_SELECTOR, "table:first-of-type tbody tr")
     assert len(claim_rows) == n_claims
-    verdicts = {row.find_elements(By.TAG_NAME, "td")[3].text for row in claim_rows}
+    verdicts = {row.find_elements(By.TAG_NAME, "td")[4].text for row in claim_rows}
     assert verdicts <= {"holds", "does not hold"}

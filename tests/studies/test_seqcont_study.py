@@ -108,6 +108,7 @@ def test_bad_study_input_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip()
     assert len(message.splitlines()) == 1 and "not a Hugging Face checkpoint" in message
+    assert list(tmp_path.iterdir()) == [], "a refused --model leaves the workspace untouched"
 
 
 def test_predict_prints_whole_sentences(

@@ -38,10 +38,10 @@ from __future__ import annotations
 from tinylens.store.checkpoints import (
     CHECKSUM_KEY,
     FORMAT_VERSION,
+    checkpoint_digest,
     load_tensors,
     read_metadata,
     save_tensors,
-    tensors_digest,
 )
 from tinylens.store.files import STALE_AFTER_S, atomic_path, config_hash, read_json, write_json
 from tinylens.store.index import RunInfo
@@ -64,7 +64,7 @@ __all__ = [
     "save_tensors",
     "load_tensors",
     "read_metadata",
-    "tensors_digest",
+    "checkpoint_digest",
     "FORMAT_VERSION",
     "CHECKSUM_KEY",
     # JSON and atomic files

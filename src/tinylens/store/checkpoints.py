@@ -1,9 +1,10 @@
-"""Safetensors checkpoints, written atomically with a sha256 of their tensors that is checked on
-load. Nothing is ever pickled."""
+"""Safetensors checkpoints, written atomically with a sha256 of their tensors and metadata that is
+checked on load. Nothing is ever pickled."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -15,13 +16,20 @@ from tinylens.errors import CheckpointError
 from tinylens.store.files import atomic_path
 
 FORMAT_VERSION = "1"
-CHECKSUM_KEY = "tensors_sha256"
-"""Metadata key of a checkpoint's tensor checksum (see :func:`tensors_digest`)."""
+CHECKSUM_KEY = "sha256"
+"""Metadata key of a checkpoint's checksum (see :func:`checkpoint_digest`)."""
 
 
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in sorted name order (hex)."""
+def checkpoint_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 (hex) over the metadata (canonical JSON, without the checksum itself), then every
+    tensor's name, dtype, shape and bytes in sorted name order.
+
+    The metadata is covered too: a damaged ``step`` or optimizer setting in a resume state would
+    otherwise resume silently from the wrong place.
+    """
     digest = hashlib.sha256()
+    meta = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    digest.update(json.dumps(meta, sort_keys=True).encode() + b"\0")
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
@@ -30,12 +38,13 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically, with a checksum of its tensors in the metadata.
+    """Write a safetensors file atomically, with a checksum of its tensors and metadata.
 
     ``metadata`` values must be strings.
     """
     contiguous = {k: v.detach().contiguous() for k, v in tensors.items()}
-    meta = {"format_version": FORMAT_VERSION, **metadata, CHECKSUM_KEY: tensors_digest(contiguous)}
+    meta = {"format_version": FORMAT_VERSION, **metadata}
+    meta[CHECKSUM_KEY] = checkpoint_digest(contiguous, meta)
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=meta)
 
@@ -72,11 +81,12 @@ def load_tensors(path: Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dic
             f"{path} has format version {metadata.get('format_version')!r}; this tinylens reads "
             f"version {FORMAT_VERSION}"
         )
-    # Files written before checksums existed have none; they load as before.
-    if CHECKSUM_KEY in metadata and tensors_digest(tensors) != metadata[CHECKSUM_KEY]:
+    # Files written before checksums existed have none; they load as before (the model loader
+    # still refuses non-finite weights).
+    if CHECKSUM_KEY in metadata and checkpoint_digest(tensors, metadata) != metadata[CHECKSUM_KEY]:
         raise CheckpointError(
-            f"checkpoint {path} is damaged: its tensors do not match the checksum written with "
-            "them; delete it and use another checkpoint of the run, or retrain"
+            f"checkpoint {path} is damaged: its tensors or metadata do not match the checksum "
+            "written with them; delete it and use another checkpoint of the run, or retrain"
         )
     return tensors, metadata
 

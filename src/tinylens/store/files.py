@@ -4,6 +4,7 @@ the temporary files and staging folders of a killed writer from those of a live 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -36,6 +37,18 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: what ``open``/``mkdir`` would have given a new file."""
+    return mode & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    current = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(current)
+    return current
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
@@ -48,6 +61,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(umask_mode(0o666))  # mkstemp makes 0600: others could not read the workspace
     try:
         yield tmp_path
         tmp_path.replace(path)

@@ -257,6 +257,7 @@ class _WorkspaceIndex:
             "SELECT kind, status, step, created, updated FROM runs WHERE name = ?", (name,)
         ).fetchone()
         kind, state, step, created, updated = old or (None, None, None, None, None)
+        status = _well_typed(status)  # a damaged field falls back to the old row or a guess
         kind = status.get("kind") or kind or ("study" if name.startswith("study-") else "train")
         state = status.get("status") or state or _guess_status(folder)
         step = status.get("step", step if step is not None else _guess_step(folder))
@@ -270,13 +271,19 @@ class _WorkspaceIndex:
         """Add index rows for run folders that have none (read-only: rebuilt in memory anyway)."""
         if self.read_only:
             return
-        with _exclusive(self.root), self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            indexed = {name for (name,) in self.db.execute("SELECT name FROM runs")}
-            for name in self._run_folders():
-                if name not in indexed:
-                    self.db.execute(_INSERT_RUN, self._row(self.db, name))
-                    _insert_metrics(self.db, name, read_metrics_file(self.root / name / METRICS_FILE))
+
+        def add_missing(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                indexed = {name for (name,) in db.execute("SELECT name FROM runs")}
+                for name in self._run_folders():
+                    if name not in indexed:
+                        db.execute(_INSERT_RUN, self._row(db, name))
+                        rows = read_metrics_file(self.root / name / METRICS_FILE)
+                        _insert_metrics(db, name, rows)
+
+        with _exclusive(self.root):
+            self._query(add_missing)
 
     def _ensure_root(self) -> Path:
         try:
@@ -302,6 +309,29 @@ def _insert_metrics(db: sqlite3.Connection, run: str, rows: Iterable[MetricRow])
         "INSERT OR REPLACE INTO metrics (run, step, name, value) VALUES (?, ?, ?, ?)",
         ((run, s, n, v) for s, n, v in rows if not math.isnan(v)),
     )
+
+
+_STATUS_TYPES: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "status": str,
+    "step": int,
+    "created": (int, float),
+    "updated": (int, float),
+}
+
+
+def _well_typed(status: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ``status.json`` record that have the right type and a sane value; the
+    rest are dropped, so one damaged file cannot break listing the whole workspace."""
+    kept = {}
+    for key, kinds in _STATUS_TYPES.items():
+        value = status.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and not (math.isfinite(value) and 0 <= value < 2**62):
+            continue
+        kept[key] = value
+    return kept
 
 
 def _status_record(folder: Path) -> dict[str, Any]:

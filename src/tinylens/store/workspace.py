@@ -36,6 +36,7 @@ from tinylens.store.files import (
     atomic_path,
     config_hash,
     read_json,
+    umask_mode,
     write_json,
 )
 from tinylens.store.index import (
@@ -177,6 +178,7 @@ class Workspace(_WorkspaceIndex):
         now = time.time()
         status = _new_status(kind, "running", 0, created=now)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.{_owner_tag()}.", dir=self.root))
+        staging.chmod(umask_mode(0o777))  # mkdtemp makes 0700: the run folder must be readable
         try:
             write_json(staging / "config.json", config)
             write_json(staging / STATUS_FILE, status)

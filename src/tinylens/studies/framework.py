@@ -16,6 +16,7 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,8 +82,6 @@ class StudyContext:
                 f"training of the {what} stopped at step {result.step}; continue it with "
                 f"`tinylens resume {result.run}`, then run the study again"
             )
-        if result.status != "done":
-            raise TinylensError(f"training of the {what} ended {result.status} at step {result.step}")
         return runs.load_trained(self.workspace, result.run)
 
 
@@ -176,8 +175,11 @@ def run_study(
         raise ConfigError(
             f"--model applies to the {takers} study only; the {name} study trains its own models"
         )
-    cfg = study.configure(preset or study.presets[0], None if model is None else Path(model))
+    # configure checks every input it can (presets, a checkpoint folder) before anything is written
+    chosen = study.presets[0] if preset is None else preset
+    cfg = study.configure(chosen, None if model is None else Path(model))
     run = study_run(workspace, name, cfg.preset, cfg.to_dict())
+    run.remove_stale_files()  # what a killed earlier attempt left half-written
     run.set_status("running")
     started = time.perf_counter()
     try:
@@ -187,14 +189,24 @@ def run_study(
         elapsed = time.perf_counter() - started
         _write(run, study, cfg, result, claims, sections, elapsed)
     except (KeyboardInterrupt, Interrupted):
-        run.set_status("interrupted")
+        _record(run, "interrupted")
         raise
     except BaseException as err:
-        run.set_status("failed")
-        run.write_result("failure", {"error": type(err).__name__, "message": str(err)})
+        _record(run, "failed", {"error": type(err).__name__, "message": str(err)})
         raise
     run.set_status("done")
     return run
+
+
+def _record(run: Run, status: str, failure: dict[str, str] | None = None) -> None:
+    """Mark the run after an error, without letting a second error (a full disk, a locked index)
+    hide the first one, which the caller re-raises."""
+    try:
+        run.set_status(status)
+        if failure is not None:
+            run.write_result("failure", failure)
+    except (OSError, TinylensError):
+        pass  # the original error is more useful than the bookkeeping's
 
 
 def _write(
@@ -206,22 +218,32 @@ def _write(
     sections: list[Section],
     elapsed: float,
 ) -> None:
-    for key, value in result.to_json().items():
-        run.write_result(key, value)
-    run.write_result("claims", [c.to_dict() for c in claims])
     found = versions()
-    run.write_result(
-        "provenance",
-        {"study": study.name, "preset": cfg.preset, "elapsed_s": elapsed, "versions": found},
-    )
     meta = [
         f"preset {cfg.preset}; " + result.meta()[0],
         *result.meta()[1:],
         f"the study took {elapsed:.0f} s (training included, where it ran now); "
         + ", ".join(f"{k} {v}" for k, v in found.items()),
     ]
+    # render (figures included) before the first write: a failure while drawing leaves the
+    # previous complete results untouched
     html, pngs = render_report(study.title, meta, claims, sections)
+    payload = {key: _json_ready(value) for key, value in result.to_json().items()}
+    for key, value in payload.items():
+        run.write_result(key, value)
+    run.write_result("claims", [c.to_dict() for c in claims])
+    run.write_result(
+        "provenance",
+        {"study": study.name, "preset": cfg.preset, "elapsed_s": elapsed, "versions": found},
+    )
     for key, png in pngs.items():
         run.write_figure_png(key, png)
     run.write_report(html)
     run.remove_result("failure")
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` after a JSON round trip check: a result that cannot be written fails here, before
+    any file of the run is touched."""
+    json.dumps(value, allow_nan=True)
+    return value

@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from tinylens import runs
 from tinylens.analysis.geometry import rank_correlation
 from tinylens.config import RunConfig, derive_seed, make_run_config
 from tinylens.errors import unknown_name
-from tinylens.model import build_model, load_model
+from tinylens.model import build_model
 from tinylens.studies import maze_analyses as an
 from tinylens.studies import maze_figures as figs
 from tinylens.studies.claims import Claim, Condition
@@ -143,7 +144,10 @@ def measure(ctx: StudyContext, cfg: MazeStudyConfig) -> MazeResult:
     probe_tokens = task.sample(cfg.n_probe, rng)
     head_tokens = task.sample(cfg.n_heads, rng)
     run = trained.run
-    checkpoints = ((step, load_model(run.checkpoint_file(step))) for step in run.checkpoint_steps())
+    # lazily, one model in memory at a time, each checked against the run's config like any load
+    checkpoints = (
+        (step, runs.load_trained(ctx.workspace, run.name, step).model) for step in run.checkpoint_steps()
+    )
 
     accuracy = an.path_accuracy(model, task, eval_tokens)
     probes, probe = an.connection_probes(model, untrained, task, probe_tokens, cfg.seed)

@@ -72,12 +72,13 @@ def render_report(
     rows = "".join(
         f"<tr><td>{html.escape(c.claim)}</td><td>{html.escape(c.expected)}</td>"
         f"<td>{html.escape(c.measured)}</td>"
+        f"<td>{'-' if c.control is None else f'{c.control:.3g}'}</td>"
         f"<td class='{'yes' if c.holds else 'no'}'>{'holds' if c.holds else 'does not hold'}</td>"
         f"<td>{html.escape(c.rule)}</td></tr>"
         for c in claims
     )
     parts.append(
-        "<h2>Claims</h2><table><thead><tr><th>claim</th><th>paper</th><th>measured</th>"
+        "<h2>Claims</h2><table><thead><tr><th>claim</th><th>paper</th><th>measured</th><th>control</th>"
         f"<th>verdict</th><th>rule</th></tr></thead><tbody>{rows}</tbody></table>"
     )
     pngs: dict[str, bytes] = {}

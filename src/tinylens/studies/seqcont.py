@@ -34,7 +34,7 @@ from tinylens.analysis.circuits import overlap
 from tinylens.analysis.graph import ComponentGraph
 from tinylens.config import RunConfig, derive_seed, make_run_config
 from tinylens.errors import ConfigError, unknown_name
-from tinylens.model import load_pretrained, load_pretrained_tokenizer
+from tinylens.model import check_pretrained_folder, load_pretrained, load_pretrained_tokenizer
 from tinylens.studies import seqcont_analyses as an
 from tinylens.studies import seqcont_figures as figs
 from tinylens.studies.claims import Claim, Condition
@@ -81,7 +81,8 @@ def study_config(preset: str, checkpoint: str | Path | None = None) -> SeqcontSt
         raise unknown_name("seqcont study preset", preset, STUDY_PRESETS)
     small = {"n_prompts": 32, "n_random_circuits": 4, "ig_steps": 2} if preset == "tiny" else {}
     if checkpoint is not None:
-        return SeqcontStudyConfig(preset, None, str(Path(checkpoint).resolve()), **small)
+        folder = check_pretrained_folder(checkpoint)  # before the study's run folder exists
+        return SeqcontStudyConfig(preset, None, str(folder.resolve()), **small)
     if preset == "tiny":
         overrides = {
             "model": {"n_layers": 2},
