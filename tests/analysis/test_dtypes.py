@@ -10,7 +10,9 @@ from transformer_lens.model_bridge.sources.native import boot as boot_native
 from tinylens.analysis import (
     ComponentGraph,
     all_edge_effects,
+    answer_probability,
     edge_attribution,
+    kl_divergence,
     logit_diff,
     node_outputs,
     patch_sweep,
@@ -59,3 +61,18 @@ def test_float64_results_keep_the_dtype_and_match_float32(runs, name) -> None:
     assert wide.dtype == torch.float64
     assert narrow.dtype == torch.float32
     torch.testing.assert_close(wide.float(), narrow, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_probability_metrics_keep_float64_and_upcast_half(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, D_VOCAB, generator=g, dtype=torch.float64)
+    answer = torch.tensor([1, 2, 3])
+    expected = torch.promote_types(dtype, torch.float32)
+    prob = answer_probability(answer)(logits.to(dtype))
+    kl = kl_divergence(logits.to(dtype))(logits.to(dtype) + 0.5 * torch.randn_like(logits).to(dtype))
+    assert prob.dtype == kl.dtype == expected
+    reference = logits[:, -1].softmax(-1)[torch.arange(3), answer].mean()
+    torch.testing.assert_close(
+        prob.double(), reference, atol=1e-2 if dtype == torch.bfloat16 else 1e-6, rtol=0
+    )

@@ -108,8 +108,13 @@ class WeightForward:
         n_ctx = int(getattr(self.model.cfg, "n_ctx", 8) or 8)
         rng = torch.Generator().manual_seed(0)
         probe = torch.randint(0, int(self.model.cfg.d_vocab), (2, min(6, n_ctx)), generator=rng)
-        with torch.no_grad():
-            ours, theirs = self.unembed(self.run(probe).final), self.model(probe)
+        training = self.model.training
+        self.model.eval()  # dropout would make two passes differ; the caller's mode comes back
+        try:
+            with torch.no_grad():
+                ours, theirs = self.unembed(self.run(probe).final), self.model(probe)
+        finally:
+            self.model.train(training)
         gap = float((ours - theirs).abs().max())
         scale = float(theirs.abs().max()) or 1.0
         if not gap <= 1e-4 * max(1.0, scale):

@@ -61,22 +61,27 @@ class _LogitDiff(FinalTokenMetric):
         return final[rows, self.answer[prompt]] - final[rows, self.contrast[prompt]]
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits upcast for a stable softmax; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class _AnswerProbability(FinalTokenMetric):
     def __init__(self, answer: torch.Tensor, position: int) -> None:
         self.answer, self.position = answer, position
 
     def per_prompt(self, final: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        probs = final.float().softmax(-1)
+        probs = _at_least_float32(final).softmax(-1)
         return probs[torch.arange(final.shape[0]), self.answer[prompt]]
 
 
 class _KLDivergence(FinalTokenMetric):
     def __init__(self, reference: torch.Tensor, position: int) -> None:
-        self.log_ref, self.position = reference[:, position].float().log_softmax(-1), position
+        self.log_ref, self.position = _at_least_float32(reference[:, position]).log_softmax(-1), position
 
     def per_prompt(self, final: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         ref = self.log_ref[prompt]
-        return (ref.exp() * (ref - final.float().log_softmax(-1))).sum(-1)
+        return (ref.exp() * (ref - _at_least_float32(final).log_softmax(-1))).sum(-1)
 
 
 def logit_diff(
