@@ -128,3 +128,13 @@ def test_a_model_it_does_not_reproduce_is_refused() -> None:
         model.blocks[1].attn.original_component.scale = 0.5
     with pytest.raises(ConfigError, match="do not reproduce this model"):
         WeightForward(model)
+
+
+def test_the_self_check_runs_in_eval_mode_and_restores_the_mode() -> None:
+    model = _model()
+    model.train()
+    WeightForward(model)  # checks itself against one forward pass of the model
+    assert model.training
+    model.eval()
+    WeightForward(model)
+    assert not model.training
