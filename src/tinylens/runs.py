@@ -50,7 +50,8 @@ def open_or_create(workspace: Workspace, cfg: RunConfig, name: str | None = None
         if existing.identity != cfg.identity:
             raise ConfigError(
                 f"run {name!r} already exists with a different config; pick another --name, "
-                f"or `tinylens resume {name}` to continue it as it was"
+                f"or `tinylens resume {name}` to continue it as it was (if its config.json was "
+                "edited by hand, restore it first)"
             )
         return run
     # Another process may create it between the check and here: create_run then returns its run.
