@@ -61,6 +61,14 @@ from tinylens.analysis.probes import (
 )
 from tinylens.analysis.protocol import HookedModel, WeightedModel, check_token_ids
 from tinylens.analysis.pruning import Pruned, prune_edges, prune_nodes
+from tinylens.analysis.regions import (
+    RegionCurves,
+    default_read_hook,
+    interpolate,
+    interpolation_path,
+    random_directions,
+    sign_flips,
+)
 from tinylens.analysis.search import FoundCircuit, find_circuit
 from tinylens.analysis.successor import effective_embedding, successor_scores
 
@@ -144,4 +152,11 @@ __all__ = [
     "locate_phase",
     "moving_mean_log",
     "smooth_log",
+    # stable regions: interpolation between prompt pairs' activations
+    "interpolate",
+    "RegionCurves",
+    "interpolation_path",
+    "default_read_hook",
+    "sign_flips",
+    "random_directions",
 ]
