@@ -8,6 +8,8 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge.sources.native import boot as boot_native
 
 from tinylens.analysis import interpolate, interpolation_path, random_directions, sign_flips
+from tinylens.analysis import regions as regions_module
+from tinylens.analysis.forward import WeightForward
 from tinylens.errors import ConfigError, UnknownNameError
 from tinylens.model import load_pretrained
 
@@ -237,3 +239,52 @@ def test_unknown_mode_is_refused(small) -> None:
     model, a, b = small
     with pytest.raises(UnknownNameError, match="valid choices: linear, arc, slerp"):
         interpolate(model, a, b, mode="spline")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize(
+    ("write", "read", "position"),
+    [
+        ("blocks.0.hook_resid_post", None, 0),  # no earlier positions to attend to
+        ("blocks.0.hook_resid_post", None, 3),  # later positions exist but cannot be read
+        ("blocks.0.hook_resid_pre", None, -2),  # the embedding itself
+        ("blocks.1.hook_resid_post", None, -1),  # after the last block: only the final norm left
+        ("blocks.1.hook_resid_post", "blocks.1.hook_resid_post", 4),  # read where written
+        ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", 5),
+    ],
+)
+def test_fast_path_equals_the_reference_at_every_site_and_position(
+    shape, write, read, position, monkeypatch
+) -> None:
+    model = _model(**SHAPES[shape])
+    a, b = _prompts(seed=2)
+    kw = {"write_hook": write, "read_hook": read, "position": position, "steps": 5, "mode": "arc"}
+    ref = interpolate(model, a, b, method="reference", **kw)
+    # the fast path must not fall back to the batched hooked pass for residual sites
+    monkeypatch.setattr(regions_module, "_run_batched", _no_fallback)
+    _assert_same(interpolate(model, a, b, **kw), ref)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(a)
+    targets = cache[write][:, position].flip(0)  # another prompt's activation as the end point
+    ref = interpolate(model, a, targets=targets, method="reference", **kw)
+    _assert_same(interpolate(model, a, targets=targets, **kw), ref)
+
+
+def _no_fallback(*args: object) -> None:
+    raise AssertionError("the fast path fell back to the batched hooked pass")
+
+
+def test_fast_path_probes_each_model_once(monkeypatch) -> None:
+    model = _model()
+    a, b = _prompts(n=2, seq=4)
+    interpolate(model, a, b, steps=3)  # probed here (or by an earlier test)
+    calls: list[WeightForward] = []
+
+    def probe(self: WeightForward) -> None:
+        calls.append(self)
+
+    monkeypatch.setattr(WeightForward, "_check_equals_model", probe)
+    interpolate(model, a, b, steps=3)
+    assert calls == []
+    interpolate(_model(), a, b, steps=3)  # a new model is probed
+    assert len(calls) == 1

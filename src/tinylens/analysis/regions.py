@@ -17,9 +17,11 @@ Background:
 
     Besides the L2 distance, each step reports the KL divergence KL(p_A ‖ p_α) of the next-token
     distributions at the patched position and the logit difference of A's and B's clean top
-    tokens. Only the layers after the write site run for the α grid (from the weights, all pairs
-    and steps in one batch) where the model and sites allow it; otherwise one batched hooked
-    forward pass; ``method="reference"`` is the paper's way, one hooked pass per α.
+    tokens. Where the model and sites allow it, the α grid runs from the weights through the layers
+    after the write site only, and only at the patched position (causal attention: the earlier
+    positions attend as in A's clean run, the later ones cannot change what is read), all pairs
+    and steps in one batch; otherwise one batched hooked forward pass; ``method="reference"`` is
+    the paper's way, one hooked pass per α.
 
 Usage:
     curves = interpolate(model, prompts_a, prompts_b, steps=11, mode="linear")
@@ -37,12 +39,15 @@ References:
 
 from __future__ import annotations
 
+import math
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Literal, get_args, no_type_check
 
 import torch
 from jaxtyping import Float, Int
+from torch import nn
 
 from tinylens.analysis.forward import WeightForward, original
 from tinylens.analysis.protocol import HookedModel, check_token_ids
@@ -118,8 +123,9 @@ def interpolate(
         mode: ``linear``, ``arc`` or ``slerp`` (see the module docstring).
         position: the sequence position written and read (negative counts from the end).
         min_distance: pairs with d(1) at or below it are dropped from the normalised curves.
-        method: ``fast`` (only the layers after the write site, from the weights, where the
-            model and sites allow; else ``batched``), ``batched`` (one hooked pass of all pairs
+        method: ``fast`` (only the layers after the write site and only the patched position,
+            from the weights, for residual sites of a model the weights reproduce; else
+            ``batched``), ``batched`` (one hooked pass of all pairs
             and steps) or ``reference`` (one hooked pass per α, the paper's way).
 
     Returns:
@@ -132,10 +138,12 @@ def interpolate(
         TokenError: prompts that are not 2-d integer token ids of the model's vocabulary.
     """
     read_hook = default_read_hook(model) if read_hook is None else read_hook
-    alphas, reads, logits, clean_a, top_b, pos = _sweep(
+    alphas, reads, logits, read_a, logits_a, top_b, _ = _sweep(
         model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, position, method
     )
-    return _curves(alphas, reads, logits, clean_a, top_b, pos, min_distance, write_hook, read_hook, mode)
+    return _curves(
+        alphas, reads, logits, read_a, logits_a, top_b, min_distance, write_hook, read_hook, mode
+    )
 
 
 @no_type_check  # checks its own inputs with tinylens errors
@@ -177,10 +185,10 @@ def sign_flips(
     """
     if mlp_hook is None:
         mlp_hook = f"blocks.{int(model.cfg.n_layers) - 1}.mlp.hook_pre"
-    _, reads, _, clean_a, _, pos = _sweep(
+    _, reads, _, read_a, _, _, _ = _sweep(
         model, prompts_a, prompts_b, targets, write_hook, mlp_hook, steps, mode, position, "batched"
     )
-    clean = clean_a["read"][:, pos][:, None] > 0
+    clean = read_a[:, None] > 0
     return ((reads > 0) != clean).flatten(2).sum(-1)
 
 
@@ -239,38 +247,56 @@ def random_directions(
 
 
 def _sweep(model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, position, method):
-    """The clean runs and the patched α grid shared by :func:`interpolate` and :func:`sign_flips`."""
+    """The clean runs and the patched α grid shared by :func:`interpolate` and :func:`sign_flips`.
+
+    Returns α, the patched reads and logits at the position (``[pair, step, …]``), A's clean read
+    and logits there, B's top token and the position itself.
+    """
     seq_len = _validate(
         model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, method, position
     )
     pos = position % seq_len
+    fast = _fast_plan(model, write_hook, read_hook) if method == "fast" else None
     training = model.training
-    model.eval()
+    # switching a bridge's mode walks every submodule (~5 ms on a small model, as much as the
+    # fast sweep's own work), so skip it where no module is training: eval() would change nothing
+    switch = any(module.training for module in model.modules())
+    if switch:
+        model.eval()
     try:
         with torch.no_grad():
+            if fast is not None:
+                return *_sweep_fast(fast, prompts_a, prompts_b, targets, steps, mode, pos), pos
             clean_a = _clean_run(model, prompts_a, write_hook, read_hook, check_order=True)
             act_a = clean_a["write"][:, pos]
+            act_b, top_b = None, None
             if targets is None:
                 clean_b = _clean_run(model, prompts_b, write_hook, read_hook)
                 act_b, top_b = clean_b["write"][:, pos], clean_b["logits"][:, pos].argmax(-1)
-            else:
-                act_b, top_b = targets.to(act_a.dtype), None
-                if act_b.shape != act_a.shape:
-                    raise ConfigError(
-                        f"targets have shape {list(act_b.shape)}; {write_hook} at one position "
-                        f"has shape {list(act_a.shape)} for these prompts"
-                    )
-            alphas = torch.linspace(0, 1, steps, dtype=act_a.dtype)
-            mean = torch.cat([act_a, act_b]).mean(0)
-            path = interpolation_path(act_a.flatten(1), act_b.flatten(1), alphas, mode, mean.flatten())
-            path = path.reshape(*path.shape[:2], *act_a.shape[1:])  # [pair, step, *act]
-            runner = {"reference": _run_reference, "batched": _run_batched}.get(method, _run_fast)
-            reads, logits = runner(model, prompts_a, path, clean_a, write_hook, read_hook, pos)
+            path, alphas = _path(act_a, act_b, targets, steps, mode, write_hook)
+            runner = _run_reference if method == "reference" else _run_batched
+            reads, logits = runner(model, prompts_a, path, write_hook, read_hook, pos)
     finally:
-        model.train(training)
+        if switch:
+            model.train(training)
     if top_b is None:
         top_b = logits[:, -1].argmax(-1)
-    return alphas, reads, logits, clean_a, top_b, pos
+    return alphas, reads, logits, clean_a["read"][:, pos], clean_a["logits"][:, pos], top_b, pos
+
+
+def _path(act_a, act_b, targets, steps, mode, write_hook):
+    """α and the points x(α) ``[pair, step, *act]`` from A's activations to B's (or the targets)."""
+    if targets is not None:
+        act_b = targets.to(act_a.dtype)
+        if act_b.shape != act_a.shape:
+            raise ConfigError(
+                f"targets have shape {list(act_b.shape)}; {write_hook} at one position "
+                f"has shape {list(act_a.shape)} for these prompts"
+            )
+    alphas = torch.linspace(0, 1, steps, dtype=act_a.dtype)
+    mean = torch.cat([act_a, act_b]).mean(0)
+    path = interpolation_path(act_a.flatten(1), act_b.flatten(1), alphas, mode, mean.flatten())
+    return path.reshape(*path.shape[:2], *act_a.shape[1:]), alphas
 
 
 def default_read_hook(model: HookedModel) -> str:
@@ -355,6 +381,13 @@ def _check_position(position: int, seq_len: int) -> None:
         )
 
 
+def _order_error(write_hook: str, read_hook: str) -> ConfigError:
+    return ConfigError(
+        f"the write site {write_hook!r} runs after the read site {read_hook!r}: a patch "
+        "there cannot change what is read; write earlier or read later"
+    )
+
+
 def _clean_run(model, tokens, write_hook, read_hook, *, check_order: bool = False) -> dict:
     """Logits and the activations at both sites of one clean pass; checks the sites' order."""
     seen: dict[str, torch.Tensor] = {}
@@ -371,10 +404,7 @@ def _clean_run(model, tokens, write_hook, read_hook, *, check_order: bool = Fals
         tokens, fwd_hooks=[(write_hook, capture("write")), (read_hook, capture("read"))]
     )
     if check_order and write_hook != read_hook and order.index("write") > order.index("read"):
-        raise ConfigError(
-            f"the write site {write_hook!r} runs after the read site {read_hook!r}: a patch "
-            "there cannot change what is read; write earlier or read later"
-        )
+        raise _order_error(write_hook, read_hook)
     seen["logits"] = logits
     return seen
 
@@ -393,7 +423,7 @@ def _patch_hook(values: torch.Tensor, pos: int):
     return hook
 
 
-def _run_reference(model, prompts_a, path, clean_a, write_hook, read_hook, pos):
+def _run_reference(model, prompts_a, path, write_hook, read_hook, pos):
     """One hooked forward pass through the whole model per α (the paper's way)."""
     reads, logits = [], []
     for step in range(path.shape[1]):
@@ -411,7 +441,7 @@ def _run_reference(model, prompts_a, path, clean_a, write_hook, read_hook, pos):
     return torch.stack(reads, 1), torch.stack(logits, 1)
 
 
-def _run_batched(model, prompts_a, path, clean_a, write_hook, read_hook, pos):
+def _run_batched(model, prompts_a, path, write_hook, read_hook, pos):
     """One hooked forward pass of every pair × step."""
     n_pairs, n_steps = path.shape[:2]
     tokens = prompts_a.repeat_interleave(n_steps, 0)  # row = pair · steps + step
@@ -427,51 +457,196 @@ def _run_batched(model, prompts_a, path, clean_a, write_hook, read_hook, pos):
     return rd.reshape(n_pairs, n_steps, *rd.shape[1:]), out[:, pos].reshape(n_pairs, n_steps, -1)
 
 
-def _run_fast(model, prompts_a, path, clean_a, write_hook, read_hook, pos):
-    """Only the layers after a residual write site, from the weights, all pairs × steps at once;
-    falls back to :func:`_run_batched` for other sites or a model the weights do not reproduce."""
-    write = _RESID.match(write_hook)
-    read = _RESID.match(read_hook)
-    if write is None or not (read is not None or read_hook == "ln_final.hook_out"):
-        return _run_batched(model, prompts_a, path, clean_a, write_hook, read_hook, pos)
+@dataclass(frozen=True)
+class _FastPlan:
+    """How the fast path runs a residual write site: the layers from ``start`` on, from weights."""
+
+    fwd: WeightForward
+    start: int
+    """The first layer the patch passes through (the write site is that layer's ``resid_pre``)."""
+    read_at: tuple[int, str] | None
+    """``(layer, "pre" | "post")`` of a residual read site; None: the final norm's output."""
+    write_hook: str
+
+
+_VERIFIED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+"""Per model: whether :class:`WeightForward` reproduces it. Its constructor proves that with a probe
+forward pass (and two train/eval switches), which cost as much as the whole sweep on a small
+model, so it runs once per model; the verdict depends on the architecture, not on the weights."""
+
+
+class _Probed(WeightForward):
+    """A :class:`WeightForward` of a model that already passed the probe (see ``_VERIFIED``)."""
+
+    def _check_equals_model(self) -> None:
+        pass
+
+
+def _weight_forward(model: HookedModel) -> WeightForward | None:
+    """The model's :class:`WeightForward`, or None where it does not reproduce the model."""
+    verdict = _VERIFIED.get(model)
+    if verdict is not None:
+        return _Probed(model) if verdict else None
     try:
         fwd = WeightForward(model)
     except ConfigError:
-        return _run_batched(model, prompts_a, path, clean_a, write_hook, read_hook, pos)
+        _VERIFIED[model] = False
+        return None
+    _VERIFIED[model] = True
+    return fwd
+
+
+def _fast_plan(model: HookedModel, write_hook: str, read_hook: str) -> _FastPlan | None:
+    """The fast path's plan for residual sites of a model the weights reproduce, else None; raises
+    the hooked path's error for a write site after the read site (their order is in the names)."""
+    write, read = _RESID.match(write_hook), _RESID.match(read_hook)
+    if write is None or not (read is not None or read_hook == "ln_final.hook_out"):
+        return None
+    # hook order: blocks.L.hook_resid_pre, then blocks.L.hook_resid_post, then block L + 1's
+    w_key = 2 * int(write.group(1)) + (write.group(2) == "post")
+    r_key = math.inf if read is None else 2 * int(read.group(1)) + (read.group(2) == "post")
+    if w_key > r_key:
+        raise _order_error(write_hook, read_hook)
+    fwd = _weight_forward(model)
+    if fwd is None:
+        return None
     start = int(write.group(1)) + (write.group(2) == "post")
     read_at = None if read is None else (int(read.group(1)), read.group(2))
-    n_pairs, n_steps = path.shape[:2]
-    x = clean_a["write"].repeat_interleave(n_steps, 0).clone()  # [pair · step, pos, d_model]
-    x[:, pos] = path.flatten(0, 1)
-    got = x if read_at == (start - 1, "post") or read_at == (start, "pre") else None
-    for layer in range(start, fwd.n_layers):
-        if read_at == (layer, "pre"):
-            got = x
+    return _FastPlan(fwd, start, read_at, write_hook)
+
+
+def _sweep_fast(
+    plan: _FastPlan,
+    prompts_a: Int[torch.Tensor, "pair pos"],
+    prompts_b: Int[torch.Tensor, "pair pos"] | None,
+    targets: Float[torch.Tensor, "pair d_model"] | None,
+    steps: int,
+    mode: str,
+    pos: int,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`_sweep` from the weights (all it returns but the position).
+
+    Causal attention: nothing after ``pos`` changes what is read there, so every run stops at
+    ``pos``; the patch changes only position ``pos``, so the patched runs recompute that one
+    position from the write site on, attending to the keys and values A's clean run left at the
+    earlier positions (which the patch cannot reach).
+    """
+    n = int(prompts_a.shape[0])
+    both = prompts_a if prompts_b is None else torch.cat([prompts_a, prompts_b])  # one batch
+    write, read, logits, keys, values = _clean_from_weights(plan, both[:, : pos + 1])
+    act_b = None if prompts_b is None else write[n:]
+    path, alphas = _path(write[:n], act_b, targets, steps, mode, plan.write_hook)
+    keys, values = [k[:n] for k in keys], [v[:n] for v in values]
+    p_read, p_logits = _patched_from_weights(plan, path.flatten(0, 1), keys, values, steps, pos)
+    p_read = p_read.reshape(n, steps, *p_read.shape[1:])
+    p_logits = p_logits.reshape(n, steps, -1)
+    top_b = logits[n:].argmax(-1) if prompts_b is not None else p_logits[:, -1].argmax(-1)
+    return alphas, p_read, p_logits, read[:n], logits[:n], top_b
+
+
+def _clean_from_weights(
+    plan: _FastPlan, tokens: Int[torch.Tensor, "row pos"]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """One clean pass ending at the read position (the last of ``tokens``): the write and read
+    activations and the logits there, and every layer's keys and values at the earlier positions."""
+    fwd = plan.fwd
+    x = fwd.embed(tokens)
+    write = read = None
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    for layer in range(fwd.n_layers):
+        if layer == plan.start:
+            write = x[:, -1]
+        if plan.read_at == (layer, "pre"):
+            read = x[:, -1]
         q, k, v = fwd.qkv(layer, x)
-        x = x + fwd.attention_output(layer, fwd.attend(q, k, v))
+        keys.append(k[:, :, :-1])
+        values.append(v[:, :, :-1])
+        if layer == fwd.n_layers - 1:  # nothing reads the last layer's earlier positions
+            x, z = x[:, -1:], fwd.attend(q[:, :, -1:], k, v, causal=False)
+        else:
+            z = fwd.attend(q, k, v)
+        x = x + fwd.attention_output(layer, z)
         if fwd.has_mlp:
             x = x + fwd.mlp(layer, x)
-        if read_at == (layer, "post"):
-            got = x
-    if read_at is None:  # the final norm's output
-        final = getattr(model, "ln_final", None)
-        got = x if final is None else original(final)(x)
-    assert got is not None
-    logits = fwd.unembed(x[:, pos])
-    rd = got[:, pos]
-    return rd.reshape(n_pairs, n_steps, *rd.shape[1:]), logits.reshape(n_pairs, n_steps, -1)
+        if plan.read_at == (layer, "post"):
+            read = x[:, -1]
+    if plan.start == fwd.n_layers:  # written at the last block's output
+        write = x[:, -1]
+    x = x[:, -1]
+    if plan.read_at is None:
+        read = _final_norm(fwd, x)
+    assert write is not None and read is not None
+    return write, read, fwd.unembed(x), keys, values
+
+
+def _patched_from_weights(
+    plan: _FastPlan,
+    x: Float[torch.Tensor, "row d_model"],
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    steps: int,
+    pos: int,
+) -> tuple[Float[torch.Tensor, "row d_model"], Float[torch.Tensor, "row d_vocab"]]:
+    """The patched position's read and logits for every row (``pair · steps + step``), written
+    ``x`` at the write site; ``keys``/``values``: A's clean ones at the earlier positions, per pair."""
+    fwd = plan.fwd
+    x = x[:, None]  # [row, 1, d_model]: the one position, kept as a sequence for the model's modules
+    positions = torch.full((x.shape[0], 1), pos, device=x.device)  # where rotary places it
+    at_write = plan.read_at in ((plan.start - 1, "post"), (plan.start, "pre"))
+    read = x if at_write else None
+    for layer in range(plan.start, fwd.n_layers):
+        if plan.read_at == (layer, "pre"):
+            read = x
+        q, k, v = fwd.qkv(layer, x, positions)
+        z = _attend_at(fwd, q, k, v, keys[layer], values[layer], steps)
+        x = x + fwd.attention_output(layer, z)
+        if fwd.has_mlp:
+            x = x + fwd.mlp(layer, x)
+        if plan.read_at == (layer, "post"):
+            read = x
+    if plan.read_at is None:
+        read = _final_norm(fwd, x)
+    assert read is not None
+    return read[:, 0], fwd.unembed(x[:, 0])
+
+
+def _attend_at(
+    fwd: WeightForward,
+    q: Float[torch.Tensor, "row head 1 d_head"],
+    k: Float[torch.Tensor, "row head 1 d_head"],
+    v: Float[torch.Tensor, "row head 1 d_head"],
+    prefix_k: Float[torch.Tensor, "pair head pos d_head"],
+    prefix_v: Float[torch.Tensor, "pair head pos d_head"],
+    steps: int,
+) -> Float[torch.Tensor, "row head 1 d_head"]:
+    """Attention of the patched position: to its pair's clean earlier keys (shared by all of the
+    pair's steps, so broadcast rather than copied) and to its own key."""
+    n, heads, _, d_head = prefix_k.shape
+    qs = q.reshape(n, steps, heads, d_head)
+    earlier = torch.einsum("nshd,nhpd->nshp", qs, prefix_k)
+    own = (q * k).sum(-1).reshape(n, steps, heads, 1)
+    weights = (torch.cat([earlier, own], -1) / fwd.attn_scale).softmax(-1)
+    z = torch.einsum("nshp,nhpd->nshd", weights[..., :-1], prefix_v)
+    z = z + weights[..., -1:] * v.reshape(n, steps, heads, d_head)
+    return z.reshape(n * steps, heads, 1, d_head)
+
+
+def _final_norm(fwd: WeightForward, x: torch.Tensor) -> torch.Tensor:
+    """``ln_final.hook_out``: the final norm's output (the residual itself without a norm)."""
+    final = getattr(fwd.model, "ln_final", None)
+    return x if final is None else original(final)(x)
 
 
 # --- the curves ----------------------------------------------------------------------------------
 
 
-def _curves(alphas, reads, logits, clean_a, top_b, pos, min_distance, write_hook, read_hook, mode):
-    read_a = clean_a["read"][:, pos]
+def _curves(alphas, reads, logits, read_a, logits_a, top_b, min_distance, write_hook, read_hook, mode):
     l2 = (reads - read_a[:, None]).flatten(2).norm(dim=-1)
-    logp_a = clean_a["logits"][:, pos].log_softmax(-1)[:, None]
+    logp_a = logits_a.log_softmax(-1)[:, None]
     logp = logits.log_softmax(-1)
     kl = (logp_a.exp() * (logp_a - logp)).sum(-1)
-    top_a = clean_a["logits"][:, pos].argmax(-1)
+    top_a = logits_a.argmax(-1)
     index = torch.stack([top_a, top_b], -1)[:, None].expand(-1, logits.shape[1], -1)
     pair_logits = logits.gather(-1, index)
     logit_diff = pair_logits[..., 0] - pair_logits[..., 1]
