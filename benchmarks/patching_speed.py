@@ -14,29 +14,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import time
-from collections.abc import Callable
 
 import torch
 import transformer_lens.patching as tl_patching
+from timing import best_time  # benchmarks/timing.py (scripts run from their folder)
 
 from tinylens.analysis import logit_diff, patch_sweep
 from tinylens.model import ModelConfig, build_model
-
-
-def best_time(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Fastest of ``repeats`` runs, in seconds (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -13,28 +13,12 @@ printed. Threads follow the environment (``OMP_NUM_THREADS``), as torch reads it
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
+from timing import best_time  # benchmarks/timing.py (scripts run from their folder)
 
 from tinylens.analysis import interpolate
 from tinylens.model import ModelConfig, build_model
-
-
-def best_time(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Fastest of ``repeats`` runs, in seconds (after one warm-up run)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformer_lens.config import TransformerBridgeConfig
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from tinylens.config import RunConfig, make_run_config
@@ -41,3 +42,19 @@ def save_tiny_gpt2(folder, words: list[str], seed: int = 0) -> None:
     config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=len(vocab), n_positions=64)
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def native_cfg(d_vocab: int, **overrides: object) -> TransformerBridgeConfig:
+    """A small ``boot_native`` config (2 layers, 3 heads of 8, d_model 24) for analysis tests."""
+    base: dict[str, object] = {
+        "n_layers": 2,
+        "n_heads": 3,
+        "d_model": 24,
+        "d_head": 8,
+        "d_mlp": 40,
+        "d_vocab": d_vocab,
+        "n_ctx": 12,
+        "act_fn": "gelu",
+        "seed": 4,
+    }
+    return TransformerBridgeConfig(**{**base, **overrides})

@@ -11,6 +11,8 @@ from tinylens import hooks
 from tinylens.analysis import ComponentGraph, WeightForward, successor_scores
 from tinylens.errors import ConfigError, TinylensError
 
+from ..helpers import native_cfg
+
 D_VOCAB = 23
 SHAPES = {
     "ln": {},
@@ -41,18 +43,7 @@ UNSUPPORTED = {
 
 
 def _cfg(**overrides: object) -> TransformerBridgeConfig:
-    base: dict[str, object] = {
-        "n_layers": 2,
-        "n_heads": 3,
-        "d_model": 24,
-        "d_head": 8,
-        "d_mlp": 40,
-        "d_vocab": D_VOCAB,
-        "n_ctx": 12,
-        "act_fn": "gelu",
-        "seed": 4,
-    }
-    return TransformerBridgeConfig(**{**base, **overrides})
+    return native_cfg(D_VOCAB, **overrides)
 
 
 def _model(dtype: torch.dtype | None = None, **overrides: object):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge.sources.native import boot as boot_native
 
 from tinylens.analysis import interpolate, interpolation_path, random_directions, sign_flips
@@ -13,7 +12,7 @@ from tinylens.analysis.forward import WeightForward
 from tinylens.errors import ConfigError, UnknownNameError
 from tinylens.model import load_pretrained
 
-from ..helpers import save_tiny_gpt2
+from ..helpers import native_cfg, save_tiny_gpt2
 
 D_VOCAB = 23
 SHAPES = {
@@ -30,18 +29,7 @@ CURVES = ("l2", "kl", "logit_diff", "normalised", "sharpness")
 
 
 def _model(**overrides: object):
-    base: dict[str, object] = {
-        "n_layers": 2,
-        "n_heads": 3,
-        "d_model": 24,
-        "d_head": 8,
-        "d_mlp": 40,
-        "d_vocab": D_VOCAB,
-        "n_ctx": 12,
-        "act_fn": "gelu",
-        "seed": 4,
-    }
-    model = boot_native(TransformerBridgeConfig(**{**base, **overrides}), dtype=torch.float64).eval()
+    model = boot_native(native_cfg(D_VOCAB, **overrides), dtype=torch.float64).eval()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for param in model.parameters():
