@@ -126,6 +126,16 @@ def test_load_pretrained_local_gpt2(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
     assert "blocks.1.attn.hook_z" in model.hook_dict
+    # the random-init control: same architecture, fresh seeded weights, caller's RNG untouched
+    state = torch.random.get_rng_state()
+    control = load_pretrained(tmp_path / "gpt2-tiny", random_init=True, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = load_pretrained(tmp_path / "gpt2-tiny", random_init=True, seed=3)
+    with torch.no_grad():
+        assert torch.equal(control(tokens), again(tokens))
+        assert not torch.allclose(control(tokens), model(tokens))
+        other = load_pretrained(tmp_path / "gpt2-tiny", random_init=True, seed=4)
+        assert not torch.equal(control(tokens), other(tokens))
 
 
 def test_load_pretrained_rejects_a_non_checkpoint_folder(tmp_path: Path) -> None:

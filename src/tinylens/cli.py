@@ -165,6 +165,7 @@ def predict(
 
 
 _TAKERS = ", ".join(n for n, s in STUDIES.items() if s.takes_model)
+_PROMPT_TAKERS = ", ".join(n for n, s in STUDIES.items() if s.takes_prompts)
 
 
 @app.command()
@@ -183,6 +184,13 @@ def study(
             "tokenizer) to study instead of training a model."
         ),
     ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"{_PROMPT_TAKERS} only: a text file of prompts, one per line, for the --model "
+            "checkpoint (each line tokenised by its tokenizer)."
+        ),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     list_: Annotated[
@@ -197,15 +205,19 @@ def study(
         raise TinylensError(
             f"name a study to run ({', '.join(STUDIES)}), or `tinylens study --list` to see them"
         )
-    run = run_study(name, Workspace(workspace), preset, progress=progress, model=model)
+    run = run_study(name, Workspace(workspace), preset, progress=progress, model=model, prompts=prompts)
     out.print(str(run.report_path), highlight=False, soft_wrap=True)
 
 
 def _list_studies() -> None:
-    table = Table("study", "presets", "--model", "paper and question")
+    table = Table("study", "presets", "--model", "--prompts", "paper and question")
     for study_ in STUDIES.values():
         table.add_row(
-            study_.name, ", ".join(study_.presets), "yes" if study_.takes_model else "", study_.summary
+            study_.name,
+            ", ".join(study_.presets),
+            "yes" if study_.takes_model else "",
+            "yes" if study_.takes_prompts else "",
+            study_.summary,
         )
     out.print(table)
 

@@ -246,16 +246,26 @@ def check_pretrained_folder(path: Path | str) -> Path:
     return folder
 
 
-def load_pretrained(path: Path | str) -> TransformerBridge:
+def load_pretrained(path: Path | str, *, random_init: bool = False, seed: int = 0) -> TransformerBridge:
     """Open a local Hugging Face checkpoint directory (e.g. GPT-2 saved with ``save_pretrained``).
 
     Nothing is downloaded: the directory must hold ``config.json`` and ``model.safetensors`` (or its
     shard index), and no pickled weights at all (``pytorch_model.bin`` and the like are refused,
     not skipped: unpickling a file can run code, and transformers may pick one over safetensors).
+
+    Args:
+        path: the checkpoint directory.
+        random_init: the same architecture with transformers' own random initialisation instead
+            of the saved weights (a random-init control), seeded by ``seed``.
+        seed: seeds the random initialisation; the caller's RNG is untouched.
     """
     folder = check_pretrained_folder(path)
     try:
-        model = TransformerBridge.boot_transformers(str(folder), device="cpu")
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = TransformerBridge.boot_transformers(
+                str(folder), device="cpu", load_weights=not random_init
+            )
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"could not load the checkpoint in {folder}: {err}") from None
     return model.eval()

@@ -6,9 +6,15 @@ import pytest
 import torch
 from transformer_lens.model_bridge.sources.native import boot as boot_native
 
-from tinylens.analysis import interpolate, interpolation_path, random_directions, sign_flips
-from tinylens.analysis import regions as regions_module
+from tinylens.analysis import (
+    interpolate,
+    interpolation_path,
+    plane_slice,
+    random_directions,
+    sign_flips,
+)
 from tinylens.analysis.forward import WeightForward
+from tinylens.analysis.regions import runners
 from tinylens.errors import ConfigError, UnknownNameError
 from tinylens.model import load_pretrained
 
@@ -184,6 +190,39 @@ def test_random_directions_follow_the_activations_covariance() -> None:
     assert curves.l2.shape == (4, 11)
 
 
+@pytest.mark.parametrize("shape", ["ln", "rms-rotary-gated"])
+def test_plane_slice_agrees_with_the_reference_and_with_interpolate(shape) -> None:
+    model = _model(**SHAPES[shape])
+    a, b = _prompts(n=3, seed=4)
+    three = torch.stack([a[0], b[0], a[1]])
+    ref = plane_slice(model, three, steps=7, method="reference")
+    assert ref.distances.shape == (3, 7, 7) and ref.alphas.shape == (7,)
+    for method in ("fast", "batched"):
+        got = plane_slice(model, three, steps=7, method=method)
+        torch.testing.assert_close(got.distances, ref.distances, atol=1e-5, rtol=1e-5)
+    # the grid is −0.25 … 1.25 in steps of 0.25: (α, β) = (0, 0) is A itself, (1, 0) is B's point
+    assert float(ref.distances[0, 1, 1]) < 1e-9
+    line = interpolate(model, three[:1], three[1:2], steps=5)  # α = 0, 0.25, …, 1
+    torch.testing.assert_close(ref.distances[0, 1, 1:6], line.l2[0])
+    assert torch.equal(ref.corners[:2], torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=ref.corners.dtype))
+    rgb = ref.rgb()
+    assert rgb.shape == (7, 7, 3) and float(rgb.min()) >= 0 and float(rgb.max()) <= 1
+    assert float(rgb[1, 1, 0]) == 1.0  # A's own point is pure A
+
+
+def test_plane_slice_refuses_what_spans_no_plane() -> None:
+    model = _model()
+    a, b = _prompts(n=2)
+    with pytest.raises(ConfigError, match="3 prompts"):
+        plane_slice(model, a)
+    with pytest.raises(ConfigError, match="span no plane"):
+        plane_slice(model, torch.stack([a[0], a[0], b[0]]))
+    with pytest.raises(ConfigError, match="low < high"):
+        plane_slice(model, torch.stack([a[0], a[1], b[0]]), low=1.0, high=0.0)
+    with pytest.raises(ConfigError, match="steps must be"):
+        plane_slice(model, torch.stack([a[0], a[1], b[0]]), steps=1)
+
+
 @pytest.fixture(scope="module")
 def small():
     return _model(), *_prompts(n=2, seq=4)
@@ -249,7 +288,7 @@ def test_fast_path_equals_the_reference_at_every_site_and_position(
     kw = {"write_hook": write, "read_hook": read, "position": position, "steps": 5, "mode": "arc"}
     ref = interpolate(model, a, b, method="reference", **kw)
     # the fast path must not fall back to the batched hooked pass for residual sites
-    monkeypatch.setattr(regions_module, "_run_batched", _no_fallback)
+    monkeypatch.setattr(runners, "run_batched", _no_fallback)
     _assert_same(interpolate(model, a, b, **kw), ref)
     with torch.no_grad():
         _, cache = model.run_with_cache(a)

@@ -54,6 +54,18 @@ def test_one_family_and_the_contrast_answer(task) -> None:
         assert int(contrast) == int(row[-6])
 
 
+def test_refilled_prompts_keep_the_sequence_and_change_the_fillers(task) -> None:
+    tokens = task.sample(200, rng())
+    refilled = task.refill(tokens, rng(1))
+    fillers = torch.arange(task.n_items) * 5
+    kept = torch.ones(task.seq_len, dtype=torch.bool)
+    kept[fillers] = False
+    assert torch.equal(refilled[:, kept], tokens[:, kept])  # members, template, answer
+    assert (refilled[:, fillers] != tokens[:, fillers]).any(1).float().mean() > 0.9
+    assert torch.equal(task.solve(refilled[:, :-1]), refilled)  # still a valid sequence
+    assert torch.equal(refilled, task.refill(tokens, rng(1)))  # seeded
+
+
 def test_corrupted_prompts_keep_everything_but_the_shown_members(task) -> None:
     tokens = task.sample(200, rng())
     corrupt = task.corrupt(tokens, rng(1))

@@ -63,9 +63,12 @@ from tinylens.analysis.protocol import HookedModel, WeightedModel, check_token_i
 from tinylens.analysis.pruning import Pruned, prune_edges, prune_nodes
 from tinylens.analysis.regions import (
     RegionCurves,
+    RegionSlice,
+    boundary_sharpness,
     default_read_hook,
     interpolate,
     interpolation_path,
+    plane_slice,
     random_directions,
     sign_flips,
 )
@@ -155,6 +158,9 @@ __all__ = [
     # stable regions: interpolation between prompt pairs' activations
     "interpolate",
     "RegionCurves",
+    "boundary_sharpness",
+    "plane_slice",
+    "RegionSlice",
     "interpolation_path",
     "default_read_hook",
     "sign_flips",

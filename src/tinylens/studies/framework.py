@@ -55,6 +55,17 @@ class StudyResult(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StudyInputs:
+    """What a user hands a study instead of its built-in models and data (``--model``,
+    ``--prompts``); None where not given. ``configure`` checks them before anything is written."""
+
+    model: Path | None = None
+    """A local Hugging Face checkpoint folder (studies with ``takes_model``)."""
+    prompts: Path | None = None
+    """A text file of prompts, one per line (studies with ``takes_prompts``)."""
+
+
 C = TypeVar("C", bound=StudyConfig)
 R = TypeVar("R", bound=StudyResult)
 
@@ -97,8 +108,9 @@ class Study(Generic[C, R]):
     """One line for ``tinylens study --list``: the paper and its question."""
     presets: tuple[str, ...]
     """Preset names; the first is the default."""
-    configure: Callable[[str, Path | None], C]
-    """``(preset, checkpoint or None) → config``; raises UnknownNameError for a bad preset."""
+    configure: Callable[[str, StudyInputs], C]
+    """``(preset, inputs) → config``; raises UnknownNameError for a bad preset and a
+    TinylensError for unusable inputs."""
     measure: Callable[[StudyContext, C], R]
     """Trains or reuses the models and runs every analysis."""
     claims: Callable[[R], list[Claim]]
@@ -107,6 +119,8 @@ class Study(Generic[C, R]):
     """The report's sections (text, tables, figures) after the claims table."""
     takes_model: bool = False
     """Whether ``--model DIR`` can replace the trained model by a local pretrained checkpoint."""
+    takes_prompts: bool = False
+    """Whether ``--prompts FILE`` can replace the task's prompts by a user's text file."""
 
 
 STUDIES: dict[str, Study[Any, Any]] = {}
@@ -153,6 +167,7 @@ def run_study(
     *,
     progress: bool = True,
     model: Path | str | None = None,
+    prompts: Path | str | None = None,
 ) -> Run:
     """Run study ``name`` end to end and return its run (its folder holds ``report.html``).
 
@@ -168,16 +183,17 @@ def run_study(
         preset: one of the study's presets (default: its first).
         progress: show progress bars.
         model: a local pretrained checkpoint folder, for studies that take one.
+        prompts: a text file of prompts, one per line, for studies that take one.
     """
     study = get_study(name)
-    if model is not None and not study.takes_model:
-        takers = ", ".join(n for n, s in STUDIES.items() if s.takes_model) or "no"
-        raise ConfigError(
-            f"--model applies to the {takers} study only; the {name} study trains its own models"
-        )
+    _check_takes(study, "--model", model, "takes_model", "trains its own models")
+    _check_takes(study, "--prompts", prompts, "takes_prompts", "draws its prompts from its task")
     # configure checks every input it can (presets, a checkpoint folder) before anything is written
     chosen = study.presets[0] if preset is None else preset
-    cfg = study.configure(chosen, None if model is None else Path(model))
+    inputs = StudyInputs(
+        model=None if model is None else Path(model), prompts=None if prompts is None else Path(prompts)
+    )
+    cfg = study.configure(chosen, inputs)
     run = study_run(workspace, name, cfg.preset, cfg.to_dict())
     run.remove_stale_files()  # what a killed earlier attempt left half-written
     run.set_status("running")
@@ -196,6 +212,15 @@ def run_study(
         raise
     run.set_status("done")
     return run
+
+
+def _check_takes(study: Study[Any, Any], option: str, value: object, flag: str, instead: str) -> None:
+    if value is None or getattr(study, flag):
+        return
+    takers = [n for n, s in STUDIES.items() if getattr(s, flag)]
+    plural = "studies" if len(takers) > 1 else "study"
+    which = f"the {' and '.join(takers)} {plural}" if takers else "no study"
+    raise ConfigError(f"{option} applies to {which} only; the {study.name} study {instead}")
 
 
 def _record(run: Run, status: str, failure: dict[str, str] | None = None) -> None:

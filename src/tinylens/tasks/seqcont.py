@@ -216,6 +216,12 @@ class SeqcontTask(Task):
             out[row, shown] = members[torch.randint(0, len(members), (len(shown),), generator=generator)]
         return out
 
+    def refill(self, tokens: Tokens, generator: torch.Generator) -> Tokens:
+        """The same sequences (members and answer kept) with every filler word redrawn: prompts
+        that differ in their words but not in their answer."""
+        self.check_tokens(tokens)
+        return self._layout(tokens[:, self.member_positions], len(tokens), generator)
+
     def words(self, tokens: Tokens) -> list[list[str]]:
         """Each row as its list of words (to re-tokenize with another model's tokenizer)."""
         return [[self._vocab[int(t)] for t in row] for row in tokens]
