@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from tinylens.studies import STUDIES, addition, maze, seqcont
+from tinylens.studies import STUDIES, addition, maze, regions, seqcont
 from tinylens.studies.claims import Claim, Condition
+from tinylens.studies.regions import SizeRegions
+from tinylens.studies.regions_analyses import ModelRegions, Sharpness
 
 # -- the claim record ------------------------------------------------------------------------------
 
@@ -47,10 +49,11 @@ def test_claim_holds_only_when_every_condition_does() -> None:
 
 
 def test_every_study_is_registered_with_its_presets() -> None:
-    assert set(STUDIES) == {"addition", "maze", "seqcont"}
+    assert set(STUDIES) == {"addition", "maze", "regions", "seqcont"}
     for study in STUDIES.values():
         assert "tiny" in study.presets and study.summary and study.title
-    assert [s.name for s in STUDIES.values() if s.takes_model] == ["seqcont"]
+    assert [s.name for s in STUDIES.values() if s.takes_model] == ["seqcont", "regions"]
+    assert [s.name for s in STUDIES.values() if s.takes_prompts] == ["regions"]
 
 
 def _holds_and_fails(make: Any, good: dict[str, Any], edit: Any) -> tuple[Claim, Claim]:
@@ -276,3 +279,113 @@ def test_seqcont_transfer_claim_beats_random_circuits() -> None:
     assert not seqcont.transfer_claim(low["circuits"], low["cross"], r["random"], competent).holds
     as_random = {"mean": 0.67, "shares": [0.67] * 4}
     assert not seqcont.transfer_claim(r["circuits"], r["cross"], as_random, competent).holds
+
+
+# -- regions -----------------------------------------------------------------------------------------
+
+
+def _regions(
+    values: list[float],
+    *,
+    same: list[float] | None = None,
+    flips: list[int] | None = None,
+    accuracy: float | None = 1.0,
+) -> ModelRegions:
+    """A hand-made model's regions: ``values`` the consecutive (and different-answer) pairs'
+    sharpness, ``same`` the same-answer pairs', ``flips`` each consecutive pair's sign flips."""
+    s = Sharpness(values, 0)
+    return ModelRegions(
+        sharpness={"all": s, "same": Sharpness(values if same is None else same, 0), "different": s},
+        baseline=s,
+        curve_median=[0.0, 1.0],
+        curve_q25=[0.0, 1.0],
+        curve_q75=[0.0, 1.0],
+        flips=[0] * len(values) if flips is None else flips,
+        pair_sharpness=values,
+        d_mlp=256,
+        accuracy=accuracy,
+    )
+
+
+SHARP = [1.05, 1.1, 1.1, 1.15, 2.0, 3.0, 12.0, 15.0, 20.0, 25.0]
+"""Four pairs in one region (< 1.2) and four across a boundary (> 10): regions exist."""
+SMOOTH = [1.05, 1.1, 1.2, 1.3, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0]
+"""A random-init model's near-straight curves."""
+
+
+def _size(trained: ModelRegions, init: ModelRegions, n_params: int = 10_000, training=()) -> SizeRegions:
+    return SizeRegions("d_model 64", 64, n_params, trained, init, tuple(training), None, "run")
+
+
+def test_regions_exist_claim_needs_both_kinds_of_pairs_and_a_competent_model() -> None:
+    good = _size(_regions(SHARP), _regions(SMOOTH))
+    claim = regions.regions_exist_claim(good, own=True)
+    assert claim.holds and claim.control == 0.0
+    all_linear = _size(_regions(SMOOTH), _regions(SMOOTH))
+    assert not regions.regions_exist_claim(all_linear, own=True).holds
+    assert regions.regions_exist_claim(all_linear, own=True).rule == claim.rule
+    weak = _size(_regions(SHARP, accuracy=0.5), _regions(SMOOTH))
+    assert not regions.regions_exist_claim(weak, own=True).holds
+    # a checkpoint has no ground truth: the accuracy condition is not part of its rule
+    text = _size(_regions(SHARP, accuracy=None), _regions(SMOOTH, accuracy=None))
+    assert regions.regions_exist_claim(text, own=False).holds
+
+
+def test_regions_sharpening_claim_reads_init_training_and_size() -> None:
+    smooth, sharp = Sharpness(SMOOTH, 0), Sharpness(SHARP, 0)
+    training = [
+        regions.Checkpoint(s, x) for s, x in ((0, smooth), (10, smooth), (100, sharp), (1000, sharp))
+    ]
+    small = _size(_regions(SMOOTH[:5] + SHARP[5:]), _regions(SMOOTH), 1_000, training)
+    large = _size(_regions(SHARP), _regions(SMOOTH), 10_000, training)
+    mid = _size(_regions([1.3] * 5 + SHARP[5:]), _regions(SMOOTH), 5_000, training)
+    claim = regions.sharpening_claim((small, mid, large), own=True)
+    assert claim.holds, claim.to_dict()
+    assert claim.control == Sharpness(SMOOTH, 0).median
+    # random init with boundaries of its own: the control fails
+    noisy_init = _size(_regions(SHARP), _regions(SHARP), 10_000, training)
+    failed = regions.sharpening_claim((small, mid, noisy_init), own=True)
+    assert not failed.holds and failed.rule == claim.rule
+    # sharpness falling with size
+    swapped = (
+        _size(small.trained, small.init, 10_000, training),
+        mid,
+        _size(large.trained, large.init, 1_000, training),
+    )
+    shrinking = regions.sharpening_claim(swapped, own=True)
+    assert not shrinking.holds
+    # falling over training
+    backwards = [
+        regions.Checkpoint(c.step, x.sharpness)
+        for c, x in zip(training, reversed(training), strict=True)
+    ]
+    late = _size(_regions(SHARP), _regions(SMOOTH), 10_000, backwards)
+    assert not regions.sharpening_claim((small, mid, late), own=True).holds
+    # one checkpoint: only init against trained is measured, and the note says so
+    one = regions.sharpening_claim((_size(_regions(SHARP, accuracy=None), _regions(SMOOTH)),), own=False)
+    assert one.holds and "not measurable" in one.rule
+
+
+def test_regions_answers_claim_compares_different_to_same_answer_pairs() -> None:
+    good = _size(_regions(SHARP, same=SMOOTH), _regions(SMOOTH))
+    claim = regions.answers_claim(good, own=True)
+    assert claim.holds and claim.control == 0.0
+    alike = regions.answers_claim(_size(_regions(SHARP, same=SHARP), _regions(SMOOTH)), own=True)
+    assert not alike.holds and alike.rule == claim.rule
+    empty = regions.answers_claim(_size(_regions(SHARP, same=[]), _regions(SMOOTH)), own=True)
+    assert not empty.holds and "not measured" in empty.measured
+
+
+def test_regions_polytopes_claim_counts_flips_inside_one_region() -> None:
+    many = [40, 30, 25, 50, 60, 60, 90, 80, 70, 99]  # pairs below 1.2 still flip 25–50 units
+    values = [1.05, 1.1, 1.1, 1.15, 1.18, 3.0, 12.0, 15.0, 20.0, 25.0]
+    good = _size(_regions(values, flips=many), _regions(SMOOTH))
+    claim = regions.polytopes_claim(good, own=True)
+    assert claim.holds and claim.control == 80.0
+    few = [0, 1, 2, 0, 3, 60, 60, 90, 80, 70]  # one region ≈ one polytope
+    bad = regions.polytopes_claim(_size(_regions(values, flips=few), _regions(SMOOTH)), own=True)
+    assert not bad.holds and bad.rule == claim.rule
+    no_region = regions.polytopes_claim(
+        _size(_regions(SHARP[4:] * 2, flips=[50] * 12), _regions(SMOOTH)), own=True
+    )
+    assert not no_region.holds  # fewer than 5 pairs in one region: nothing to count

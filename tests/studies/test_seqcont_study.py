@@ -101,7 +101,7 @@ def test_answers_that_are_not_one_token_are_refused(tmp_path: Path) -> None:
 def test_bad_study_input_is_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(UnknownNameError, match="seqcont study preset"):
         study_config("huge")
-    with pytest.raises(ConfigError, match="--model applies to the seqcont study only"):
+    with pytest.raises(ConfigError, match="--model applies to the seqcont and regions studies only"):
         run_study("maze", Workspace(tmp_path), "tiny", model=tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(["study", "seqcont", "--preset", "tiny", "--model", str(tmp_path), "-w", str(tmp_path)])

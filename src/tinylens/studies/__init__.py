@@ -8,7 +8,7 @@ defines ``STUDY`` and one line below.
 
 from __future__ import annotations
 
-from tinylens.studies import addition, maze, seqcont
+from tinylens.studies import addition, maze, regions, seqcont
 from tinylens.studies.claims import Claim, Condition
 from tinylens.studies.framework import (
     STUDIES,
@@ -22,6 +22,7 @@ from tinylens.studies.framework import (
 register(addition.STUDY)
 register(maze.STUDY)
 register(seqcont.STUDY)
+register(regions.STUDY)
 
 __all__ = [
     # the registry and the runner

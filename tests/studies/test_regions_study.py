@@ -1,0 +1,150 @@
+"""The regions study end to end: on the tiny trained family, on a local GPT-2, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinylens import runs
+from tinylens.analysis import interpolate
+from tinylens.cli import main
+from tinylens.config import derive_seed
+from tinylens.errors import ConfigError
+from tinylens.store import Run, Workspace
+from tinylens.studies import regions_analyses as an
+from tinylens.studies import run_study
+from tinylens.studies.framework import StudyInputs
+from tinylens.studies.regions import study_config
+from tinylens.tasks.seqcont import SeqcontTask
+
+from ..helpers import save_tiny_gpt2
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "red", "big", "old"]
+
+
+@pytest.fixture(scope="module")
+def regions_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    workspace = Workspace(tmp_path_factory.mktemp("regions-study"))
+    return run_study("regions", workspace, "tiny", progress=False)
+
+
+def test_study_writes_results_figures_and_report(regions_run: Run) -> None:
+    sizes = regions_run.read_result("sizes")
+    assert [s["d_model"] for s in sizes] == [16, 32]
+    for size in sizes:
+        assert size["training"][0]["step"] == 0 and len(size["training"]) >= 3
+        assert set(size["trained"]["sharpness"]) == {"all", "same", "different"}
+        assert size["slice"] is not None
+    figures = regions_run.figure_names()
+    assert len(figures) == 7  # curves, histogram, training, size, slices, flips, answers
+    html = regions_run.report_path.read_text()
+    assert html.count("data:image/png;base64,") == len(figures)
+    assert html.index("Claims") < html.index("Interpolation curves")
+    claims = regions_run.read_result("claims")
+    assert len(claims) == 4 and all(c["rule"] for c in claims)
+
+
+def test_a_model_that_barely_continues_passes_no_claim(regions_run: Run) -> None:
+    claims = regions_run.read_result("claims")
+    assert not any(c["holds"] for c in claims), [c["measured"] for c in claims]
+
+
+def test_reported_sharpness_is_what_interpolate_measures(regions_run: Run) -> None:
+    """Recompute the largest model's sharpness, trained and at its step-0 initialisation, from the
+    run's checkpoints and the pairs the seed gives: the study must report the same numbers."""
+    cfg = study_config("tiny")
+    workspace = regions_run.workspace
+    run_name = cfg.sizes[-1].default_name()
+    pairs = an.task_pairs(SeqcontTask(), cfg.n_pairs, derive_seed(cfg.seed, "regions-pairs"))
+    reported = regions_run.read_result("sizes")[-1]
+    for key, step in (("trained", None), ("init", 0)):
+        model = runs.load_trained(workspace, run_name, step).model
+        curves = interpolate(model, pairs.a["all"], pairs.b["all"], steps=cfg.steps)
+        expected = sorted(round(float(v), 4) for v in curves.sharpness)
+        assert sorted(reported[key]["sharpness"]["all"]["values"]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_running_again_reuses_the_models_and_gives_the_same_numbers(regions_run: Run) -> None:
+    before = regions_run.read_result("sizes")
+    again = run_study("regions", regions_run.workspace, "tiny", progress=False)
+    assert again.name == regions_run.name
+    assert again.read_result("sizes") == before
+
+
+def _prompt_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _sentences(n: int, length: int = 6, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(WORDS), (n, length), generator=g)
+    return [" ".join(WORDS[int(i)] for i in row) for row in picks]
+
+
+def test_a_local_checkpoint_and_a_prompt_file(tmp_path: Path) -> None:
+    save_tiny_gpt2(tmp_path / "gpt2", WORDS, seed=1)
+    prompts = _prompt_file(tmp_path / "prompts.txt", _sentences(16))
+    workspace = Workspace(tmp_path / "ws")
+    run = run_study(
+        "regions", workspace, "tiny", progress=False, model=tmp_path / "gpt2", prompts=prompts
+    )
+    sizes = run.read_result("sizes")
+    assert len(sizes) == 1 and sizes[0]["training"] == [] and sizes[0]["run"] is None
+    assert len(sizes[0]["trained"]["flips"]) == 15  # 16 prompts: 15 consecutive pairs
+    claims = run.read_result("claims")
+    assert len(claims) == 4
+    assert "one checkpoint" in claims[1]["rule"]  # growth with training and size not measurable
+    assert len(run.figure_names()) == 5  # no training or size figures for one checkpoint
+    # a changed prompt file is another study run
+    _prompt_file(prompts, _sentences(16, seed=1))
+    other = run_study(
+        "regions", workspace, "tiny", progress=False, model=tmp_path / "gpt2", prompts=prompts
+    )
+    assert other.name != run.name
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], "has 0 prompts"),
+        (["the cat sat", "", "   "], "has 1 prompt;"),
+        (["the cat sat on", "the cat sat", "a dog ran to"], "prompt 2 has 3"),
+    ],
+)
+def test_bad_prompt_files_are_refused_before_anything_is_written(
+    tmp_path: Path, lines: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_tiny_gpt2(tmp_path / "gpt2", WORDS, seed=1)
+    prompts = _prompt_file(tmp_path / "prompts.txt", lines)
+    workspace = tmp_path / "ws"
+    with pytest.raises(ConfigError, match=message):
+        run_study("regions", Workspace(workspace), "tiny", model=tmp_path / "gpt2", prompts=prompts)
+    args = ["study", "regions", "--model", str(tmp_path / "gpt2"), "--prompts", str(prompts)]
+    capsys.readouterr()  # what saving the checkpoint printed
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "-w", str(workspace)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message.split(maxsplit=1)[0] in error
+    assert not workspace.exists() or not any(p.name.startswith("study-") for p in workspace.iterdir())
+
+
+def test_model_and_prompts_go_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_tiny_gpt2(tmp_path / "gpt2", WORDS, seed=1)
+    prompts = _prompt_file(tmp_path / "prompts.txt", _sentences(4))
+    with pytest.raises(ConfigError, match="add --prompts FILE"):
+        study_config("quick", StudyInputs(model=tmp_path / "gpt2"))
+    with pytest.raises(ConfigError, match="add --model DIR"):
+        study_config("quick", StudyInputs(prompts=prompts))
+    with pytest.raises(ConfigError, match="does not exist"):
+        study_config("quick", StudyInputs(model=tmp_path / "gpt2", prompts=tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match="--prompts applies to the regions study only"):
+        run_study("addition", Workspace(tmp_path / "ws"), "tiny", prompts=prompts)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "regions", "--prompts", str(prompts), "-w", str(tmp_path / "ws")])
+    assert exit_info.value.code == 2
+    assert "add --model DIR" in capsys.readouterr().err
