@@ -36,4 +36,7 @@ def test_the_own_model_snippet_runs_offline(tmp_path: Path) -> None:
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "torch.Size([2, 12, 4])"  # [layer, pos, head]
     assert lines[1].startswith("[(") and lines[1].count("(") == 5
+    assert lines[2] == "torch.Size([8, 11]) torch.Size([8])"  # every pair kept: d(1) > 0
+    assert lines[3] == "torch.Size([8])"
+    assert lines[4] == "torch.Size([9, 9, 3])"
     assert (tmp_path / "tiny-gpt2" / "model.safetensors").is_file()

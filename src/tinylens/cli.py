@@ -1,4 +1,4 @@
-"""The ``tinylens`` command line: train, resume, list, evaluate and query runs.
+"""The ``tinylens`` command line: train, resume, list, evaluate and query runs, run studies.
 
 Exit codes: 0 done; 2 an error the user can fix (a bad option, config, run name, token or file),
 printed as one line ``error: …`` on stderr with no traceback; 130 interrupted (Ctrl-C).
@@ -22,11 +22,14 @@ from rich.table import Table
 from typer._click import exceptions as click_errors  # Typer's own copy of click, not `click`
 
 from tinylens import runs as runs_api
+from tinylens.analysis import interpolate
 from tinylens.config import PRESETS, derive_seed, make_run_config, read_overrides
 from tinylens.errors import Interrupted, TinylensError
 from tinylens.evaluation import EVAL_BATCH, EvalResult, EvalTally, greedy_answer
+from tinylens.model import load_pretrained
 from tinylens.store import DEFAULT_WORKSPACE, Workspace
 from tinylens.studies import STUDIES, run_study
+from tinylens.studies.regions import read_prompts, tokenize_prompts
 from tinylens.tasks import TASKS, Task
 
 app = typer.Typer(
@@ -162,6 +165,80 @@ def predict(
     true_text = task.decode(torch.cat([prompt[0], truth]))
     out.print(f"{model_text}  model", highlight=False, soft_wrap=True)
     out.print(f"{true_text}  true  {verdict}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def regions(
+    model: Annotated[
+        str, typer.Argument(help="A run name, or a local Hugging Face checkpoint folder (e.g. GPT-2).")
+    ],
+    prompts: Annotated[
+        Path,
+        typer.Option(
+            help="Text file, one prompt per line, all of one token length; consecutive lines are "
+            "the pairs (A, B). For a run, each line is a prompt of its task."
+        ),
+    ],
+    write_hook: Annotated[str, typer.Option(help="Where the path is written.")] = (
+        "blocks.0.hook_resid_post"
+    ),
+    read_hook: Annotated[
+        str | None, typer.Option(help="Where the output is read (default: after the final norm).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="α values from 0 to 1 (at least 2).")] = 11,
+    mode: Annotated[str, typer.Option(help="linear, arc or slerp.")] = "linear",
+    checkpoint: Annotated[int | None, typer.Option(help="Step of a run (default: the last).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stable regions of one model: interpolate between consecutive prompts' activations (last
+    position) and print each pair's boundary sharpness (1 = a straight line; > 10 a boundary)."""
+    texts = read_prompts(prompts)
+    folder = Path(model)
+    if (folder / "config.json").is_file():
+        tokens = tokenize_prompts(folder, texts, prompts)
+        lm = load_pretrained(folder)
+    else:
+        trained = runs_api.load_trained(Workspace(workspace), model, checkpoint)
+        lm = trained.model
+        tokens = torch.stack([trained.task.parse_prompt(text) for text in texts])
+    curves = interpolate(
+        lm,
+        tokens[:-1],
+        tokens[1:],
+        write_hook=write_hook,
+        read_hook=read_hook,
+        steps=steps,
+        mode=mode,  # type: ignore[arg-type]  # checked by interpolate, with a clear error
+    )
+    sharpness = [float(v) for v in curves.sharpness]
+    summary = {
+        "pairs": len(tokens) - 1,
+        "dropped": curves.dropped,
+        "median": float(torch.tensor(sharpness).median()) if sharpness else math.nan,
+        "same_region": sum(v < 1.2 for v in sharpness),
+        "boundary": sum(v > 10 for v in sharpness),
+    }
+    if as_json:
+        print(
+            _strict_json(
+                {
+                    **summary,
+                    "write_hook": write_hook,
+                    "read_hook": curves.read_hook,
+                    "steps": steps,
+                    "mode": mode,
+                    "sharpness": sharpness,
+                }
+            )
+        )
+        return
+    table = Table(
+        "pairs", "dropped (d(1) ≈ 0)", "median sharpness", "< 1.2 (one region)", "> 10 (boundary)"
+    )
+    table.add_row(*(str(v) if not isinstance(v, float) else f"{v:.2f}" for v in summary.values()))
+    out.print(f"{write_hook} → {curves.read_hook}, {mode} paths of {steps} steps")
+    out.print(table)
 
 
 _TAKERS = ", ".join(n for n, s in STUDIES.items() if s.takes_model)

@@ -14,6 +14,8 @@ Usage:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, no_type_check
@@ -261,7 +263,7 @@ def load_pretrained(path: Path | str, *, random_init: bool = False, seed: int = 
     """
     folder = check_pretrained_folder(path)
     try:
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), _quiet_transformers():
             torch.manual_seed(seed)
             model = TransformerBridge.boot_transformers(
                 str(folder), device="cpu", load_weights=not random_init
@@ -269,6 +271,21 @@ def load_pretrained(path: Path | str, *, random_init: bool = False, seed: int = 
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(f"could not load the checkpoint in {folder}: {err}") from None
     return model.eval()
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Without transformers' "Loading weights" progress bars on stderr (our CLI prints one line
+    per error, and studies their own progress)."""
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415 (slow import)
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_pretrained_tokenizer(path: Path | str) -> Any:

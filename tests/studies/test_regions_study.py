@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,69 @@ def test_model_and_prompts_go_together(tmp_path: Path, capsys: pytest.CaptureFix
         main(["study", "regions", "--prompts", str(prompts), "-w", str(tmp_path / "ws")])
     assert exit_info.value.code == 2
     assert "add --model DIR" in capsys.readouterr().err
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_info:
+        code = int(exit_info.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
+
+
+def test_regions_command_on_a_checkpoint_and_on_a_run(
+    tmp_path: Path, regions_run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_tiny_gpt2(tmp_path / "gpt2", WORDS, seed=1)
+    prompts = _prompt_file(tmp_path / "prompts.txt", _sentences(6))
+    code, out, _ = _cli(["regions", str(tmp_path / "gpt2"), "--prompts", str(prompts), "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["pairs"] == 5 and len(result["sharpness"]) == 5 - result["dropped"]
+    assert result["read_hook"] == "ln_final.hook_out"
+    # a run of ours reads its task's prompts
+    task = SeqcontTask()
+    sample = task.sample(4, torch.Generator().manual_seed(0))
+    lines = [task.decode(row[:-1]) for row in sample]
+    run_prompts = _prompt_file(tmp_path / "seqcont.txt", lines)
+    run_name = study_config("tiny").sizes[-1].default_name()
+    workspace = str(regions_run.workspace.root)
+    code, out, err = _cli(["regions", run_name, "--prompts", str(run_prompts), "-w", workspace], capsys)
+    assert code == 0, err
+    assert out.startswith("blocks.0.hook_resid_post → ln_final.hook_out, linear paths of 11 steps")
+    code, out, err = _cli(
+        ["regions", run_name, "--prompts", str(run_prompts), "-w", workspace, "--json"], capsys
+    )
+    assert code == 0 and json.loads(out)["pairs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "lines", "message"),
+    [
+        (
+            ["--write-hook", "blocks.1.hook_resid_post", "--read-hook", "blocks.0.hook_resid_post"],
+            None,
+            "runs after the read site",
+        ),
+        (["--write-hook", "blocks.0.hook_resid_pst"], None, "did you mean"),
+        (["--steps", "1"], None, "steps must be an integer ≥ 2"),
+        (["--mode", "spline"], None, "valid choices: linear, arc, slerp"),
+        ([], ["the cat sat", "the cat", "a dog ran"], "same number of tokens"),
+        ([], [], "has 0 prompts"),
+    ],
+)
+def test_regions_command_refuses_bad_input_with_one_line(
+    tmp_path: Path,
+    options: list[str],
+    lines: list[str] | None,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    save_tiny_gpt2(tmp_path / "gpt2", WORDS, seed=1)
+    prompts = _prompt_file(tmp_path / "prompts.txt", _sentences(4) if lines is None else lines)
+    code, _, err = _cli(["regions", str(tmp_path / "gpt2"), "--prompts", str(prompts), *options], capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
