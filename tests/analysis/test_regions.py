@@ -190,6 +190,19 @@ def test_random_directions_follow_the_activations_covariance() -> None:
     assert curves.l2.shape == (4, 11)
 
 
+@pytest.mark.parametrize("method", ["fast", "batched"])
+def test_pairs_in_chunks_give_the_curves_of_one_pass(method) -> None:
+    model = _model()
+    a, b = _prompts(n=7)
+    whole = interpolate(model, a, b, mode="arc", method=method, steps=5)
+    _assert_same(interpolate(model, a, b, mode="arc", method=method, steps=5, batch_size=2), whole)
+    torch.testing.assert_close(
+        sign_flips(model, a, b, steps=3, batch_size=3), sign_flips(model, a, b, steps=3)
+    )
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        interpolate(model, a, b, batch_size=0)
+
+
 @pytest.mark.parametrize("shape", ["ln", "rms-rotary-gated"])
 def test_plane_slice_agrees_with_the_reference_and_with_interpolate(shape) -> None:
     model = _model(**SHAPES[shape])

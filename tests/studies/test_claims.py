@@ -15,7 +15,7 @@ import pytest
 from tinylens.studies import STUDIES, addition, maze, regions, seqcont
 from tinylens.studies.claims import Claim, Condition
 from tinylens.studies.regions import SizeRegions
-from tinylens.studies.regions_analyses import ModelRegions, Sharpness
+from tinylens.studies.regions_analyses import Band, ModelRegions, Sharpness
 
 # -- the claim record ------------------------------------------------------------------------------
 
@@ -290,16 +290,24 @@ def _regions(
     same: list[float] | None = None,
     flips: list[int] | None = None,
     accuracy: float | None = 1.0,
+    kl: list[float] | None = None,
+    kl_same: list[float] | None = None,
 ) -> ModelRegions:
-    """A hand-made model's regions: ``values`` the consecutive (and different-answer) pairs'
-    sharpness, ``same`` the same-answer pairs', ``flips`` each consecutive pair's sign flips."""
-    s = Sharpness(values, 0)
+    """A hand-made model's regions: ``values`` the consecutive (and different-answer) pairs' L2
+    sharpness, ``same`` the same-answer pairs', ``flips`` each consecutive pair's sign flips, and
+    ``kl``/``kl_same`` the same in KL (default: as in L2)."""
+
+    def by_kind(all_: list[float], same_: list[float]) -> dict[str, Sharpness]:
+        s = Sharpness(all_, 0)
+        return {"all": s, "same": Sharpness(same_, 0), "different": s}
+
+    same = values if same is None else same
+    kl = values if kl is None else kl
+    band = Band([0.0, 1.0], [0.0, 1.0], [0.0, 1.0])
     return ModelRegions(
-        sharpness={"all": s, "same": Sharpness(values if same is None else same, 0), "different": s},
-        baseline=s,
-        curve_median=[0.0, 1.0],
-        curve_q25=[0.0, 1.0],
-        curve_q75=[0.0, 1.0],
+        sharpness={"l2": by_kind(values, same), "kl": by_kind(kl, same if kl_same is None else kl_same)},
+        baseline={"l2": Sharpness(values, 0), "kl": Sharpness(kl, 0)},
+        curves={"l2": band, "kl": band},
         flips=[0] * len(values) if flips is None else flips,
         pair_sharpness=values,
         d_mlp=256,
@@ -332,7 +340,8 @@ def test_regions_exist_claim_needs_both_kinds_of_pairs_and_a_competent_model() -
 
 
 def test_regions_sharpening_claim_reads_init_training_and_size() -> None:
-    smooth, sharp = Sharpness(SMOOTH, 0), Sharpness(SHARP, 0)
+    smooth = {"l2": Sharpness(SMOOTH, 0), "kl": Sharpness(SMOOTH, 0)}
+    sharp = {"l2": Sharpness(SHARP, 0), "kl": Sharpness(SHARP, 0)}
     training = [
         regions.Checkpoint(s, x) for s, x in ((0, smooth), (10, smooth), (100, sharp), (1000, sharp))
     ]
@@ -389,3 +398,22 @@ def test_regions_polytopes_claim_counts_flips_inside_one_region() -> None:
         _size(_regions(SHARP[4:] * 2, flips=[50] * 12), _regions(SMOOTH)), own=True
     )
     assert not no_region.holds  # fewer than 5 pairs in one region: nothing to count
+
+
+def test_regions_output_claim_reads_kl_against_random_init_and_same_answers() -> None:
+    good = _size(_regions(SMOOTH, kl=SHARP, kl_same=SMOOTH), _regions(SMOOTH))
+    claim = regions.output_regions_claim(good, own=True)
+    assert claim.holds and claim.control == 0.0 and "KL" in claim.rule
+    # the L2 claims do not read KL: the same model has no L2 regions
+    assert not regions.regions_exist_claim(good, own=True).holds
+    noisy_init = _size(_regions(SMOOTH, kl=SHARP, kl_same=SMOOTH), _regions(SMOOTH, kl=SHARP))
+    assert not regions.output_regions_claim(noisy_init, own=True).holds
+    alike = _size(_regions(SMOOTH, kl=SHARP, kl_same=SHARP), _regions(SMOOTH))
+    failed = regions.output_regions_claim(alike, own=True)
+    assert not failed.holds and failed.rule == claim.rule
+
+
+def test_regions_crossing_rate_counts_dropped_pairs_as_crossing_nothing() -> None:
+    s = Sharpness([1.0, 12.0, 15.0, 2.0], dropped=4)
+    assert s.share_boundary == 0.5 and s.crossing_rate == 0.25
+    assert math.isnan(Sharpness([], 0).crossing_rate)

@@ -11,7 +11,7 @@ import torch
 from tinylens import runs
 from tinylens.analysis import interpolate
 from tinylens.cli import main
-from tinylens.config import derive_seed
+from tinylens.config import derive_seed, make_run_config
 from tinylens.errors import ConfigError
 from tinylens.store import Run, Workspace
 from tinylens.studies import regions_analyses as an
@@ -36,7 +36,8 @@ def test_study_writes_results_figures_and_report(regions_run: Run) -> None:
     assert [s["d_model"] for s in sizes] == [16, 32]
     for size in sizes:
         assert size["training"][0]["step"] == 0 and len(size["training"]) >= 3
-        assert set(size["trained"]["sharpness"]) == {"all", "same", "different"}
+        assert set(size["trained"]["sharpness"]) == {"l2", "kl"}
+        assert set(size["trained"]["sharpness"]["kl"]) == {"all", "same", "different"}
         assert size["slice"] is not None
     figures = regions_run.figure_names()
     assert len(figures) == 7  # curves, histogram, training, size, slices, flips, answers
@@ -44,7 +45,7 @@ def test_study_writes_results_figures_and_report(regions_run: Run) -> None:
     assert html.count("data:image/png;base64,") == len(figures)
     assert html.index("Claims") < html.index("Interpolation curves")
     claims = regions_run.read_result("claims")
-    assert len(claims) == 4 and all(c["rule"] for c in claims)
+    assert len(claims) == 5 and all(c["rule"] for c in claims)
 
 
 def test_a_model_that_barely_continues_passes_no_claim(regions_run: Run) -> None:
@@ -64,7 +65,9 @@ def test_reported_sharpness_is_what_interpolate_measures(regions_run: Run) -> No
         model = runs.load_trained(workspace, run_name, step).model
         curves = interpolate(model, pairs.a["all"], pairs.b["all"], steps=cfg.steps)
         expected = sorted(round(float(v), 4) for v in curves.sharpness)
-        assert sorted(reported[key]["sharpness"]["all"]["values"]) == pytest.approx(expected, abs=1e-4)
+        assert sorted(reported[key]["sharpness"]["l2"]["all"]["values"]) == pytest.approx(
+            expected, abs=1e-4
+        )
 
 
 def test_running_again_reuses_the_models_and_gives_the_same_numbers(regions_run: Run) -> None:
@@ -96,7 +99,7 @@ def test_a_local_checkpoint_and_a_prompt_file(tmp_path: Path) -> None:
     assert len(sizes) == 1 and sizes[0]["training"] == [] and sizes[0]["run"] is None
     assert len(sizes[0]["trained"]["flips"]) == 15  # 16 prompts: 15 consecutive pairs
     claims = run.read_result("claims")
-    assert len(claims) == 4
+    assert len(claims) == 5
     assert "one checkpoint" in claims[1]["rule"]  # growth with training and size not measurable
     assert len(run.figure_names()) == 5  # no training or size figures for one checkpoint
     # a changed prompt file is another study run
@@ -215,3 +218,31 @@ def test_regions_command_refuses_bad_input_with_one_line(
     code, _, err = _cli(["regions", str(tmp_path / "gpt2"), "--prompts", str(prompts), *options], capsys)
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_training_bends_the_paths_that_random_init_leaves_straight(tmp_path: Path) -> None:
+    """The paper's direction on a model of ours: at random initialisation the output moves almost
+    linearly along every path (median sharpness ≈ 1); a model trained to do the task bends them
+    (higher median sharpness, in the paper's L2 and in KL). 300 steps reach 100% here."""
+    overrides = {
+        "model": {"n_layers": 2, "d_model": 32, "n_heads": 4, "d_head": 8, "d_mlp": 128},
+        "train": {
+            "steps": 300,
+            "eval_every": 300,
+            "eval_size": 256,
+            "save_every": 300,
+            "n_checkpoints": 0,
+        },
+    }
+    workspace = Workspace(tmp_path)
+    result = runs.train(
+        workspace, make_run_config("seqcont", "cpu", overrides=overrides), progress=False
+    )
+    assert result.final_eval is not None and result.final_eval.exact > 0.9
+    pairs = an.task_pairs(SeqcontTask(), 128, seed=0)
+    kw = {"steps": 31, "mode": "linear", "write_hook": "blocks.0.hook_resid_post"}
+    init = an.sharpness_of(runs.load_trained(workspace, result.run, 0).model, pairs, **kw)
+    trained = an.sharpness_of(runs.load_trained(workspace, result.run).model, pairs, **kw)
+    assert init["l2"].median < 1.1 and init["l2"].share_same_region > 0.9
+    assert trained["l2"].median > init["l2"].median + 0.1
+    assert trained["kl"].median > init["kl"].median + 0.4

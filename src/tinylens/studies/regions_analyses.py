@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ from jaxtyping import Int
 
 from tinylens.analysis import (
     HookedModel,
+    RegionCurves,
+    boundary_sharpness,
     interpolate,
     plane_slice,
     random_directions,
@@ -32,6 +34,13 @@ BOUNDARY = 10.0
 """Sharpness above this reads as "the path crossed a boundary" (the paper's threshold)."""
 KINDS = ("all", "same", "different")
 """Pair sets: consecutive prompts (the paper's pairing), same-answer and different-answer pairs."""
+METRICS = ("l2", "kl")
+"""Output distances: the paper's L2 of the final residual after the final norm, and the KL
+divergence KL(p_A ‖ p_α) of the next-token distributions (ours; the paper used it only for
+hand-picked examples)."""
+MIN_KL = 1e-3
+"""Pairs whose KL at α = 1 is at most this (nats) are dropped from the KL curves: B's activation
+leaves A's prediction as it was."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,7 @@ def text_pairs(
         texts: the prompts as given, for the report.
         decode: ``token id → text`` for labelling the slice's corners.
     """
-    with torch.no_grad():
-        top = model(tokens)[:, -1].argmax(-1)
+    top = top_tokens(model, tokens)
     n = len(tokens) - 1
     a, b = tokens[:-1], tokens[1:]
     differ = top[:-1] != top[1:]
@@ -130,6 +138,14 @@ def text_pairs(
         "prompts predicted differently",
         examples=(f"A: {texts[0]} | B: {texts[1]}",),
     )
+
+
+def top_tokens(
+    model: HookedModel, tokens: Int[torch.Tensor, "prompt pos"]
+) -> Int[torch.Tensor, " prompt"]:
+    """Each prompt's top next token, 64 prompts per pass (a large vocabulary's logits add up)."""
+    with torch.no_grad():
+        return torch.cat([model(chunk)[:, -1].argmax(-1) for chunk in tokens.split(64)])
 
 
 @dataclass(frozen=True)
@@ -162,6 +178,13 @@ class Sharpness:
         """Share of kept pairs above :data:`BOUNDARY`."""
         return float(np.mean(np.array(self.values) > BOUNDARY)) if self.values else math.nan
 
+    @property
+    def crossing_rate(self) -> float:
+        """Share of all pairs, dropped ones included, above :data:`BOUNDARY`: a dropped pair's
+        output did not move, so it crossed nothing."""
+        total = self.n + self.dropped
+        return sum(v > BOUNDARY for v in self.values) / total if total else math.nan
+
     def to_json(self) -> dict[str, Any]:
         return {
             "median": self.median,
@@ -169,58 +192,91 @@ class Sharpness:
             "q75": self.quantile(0.75),
             "share_same_region": self.share_same_region,
             "share_boundary": self.share_boundary,
+            "crossing_rate": self.crossing_rate,
             "dropped": self.dropped,
             "values": [round(v, 4) for v in self.values],
         }
 
 
 @dataclass(frozen=True)
-class ModelRegions:
-    """One model's regions: sharpness per pair set, the curves, the baseline and sign flips."""
+class Band:
+    """Median and 25–75% band of normalised curves, per α."""
 
-    sharpness: dict[str, Sharpness]
-    """Pair kind (:data:`KINDS`) → sharpness."""
-    baseline: Sharpness
-    """A → A + a direction drawn from the activations' covariance (the random baseline)."""
-    curve_median: list[float]
-    """Median d(α)/d(1) of the consecutive pairs, per α."""
-    curve_q25: list[float]
-    curve_q75: list[float]
+    median: list[float]
+    q25: list[float]
+    q75: list[float]
+
+    @classmethod
+    def of(cls, normalised: torch.Tensor, steps: int) -> Band:
+        curves = normalised.double()
+        if len(curves) == 0:
+            nan = [math.nan] * steps
+            return cls(nan, nan, nan)
+        q = torch.quantile(curves, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), dim=0)
+        return cls(*([round(float(v), 5) for v in row] for row in (q[1], q[0], q[2])))
+
+
+@dataclass(frozen=True)
+class ModelRegions:
+    """One model's regions: sharpness per metric and pair set, curves, baseline and sign flips."""
+
+    sharpness: dict[str, dict[str, Sharpness]]
+    """Metric (:data:`METRICS`) → pair kind (:data:`KINDS`) → sharpness."""
+    baseline: dict[str, Sharpness]
+    """Metric → sharpness of A → A + a direction drawn from the activations' covariance."""
+    curves: dict[str, Band]
+    """Metric → the consecutive pairs' normalised curves."""
     flips: list[int]
     """Per consecutive pair: MLP units whose pre-activation sign differs between A's clean run and
     A's run with B's activation written (the last layer's MLP)."""
     pair_sharpness: list[float]
-    """Per consecutive pair: its sharpness, NaN where dropped (aligned with ``flips``)."""
+    """Per consecutive pair: its L2 sharpness, NaN where dropped (aligned with ``flips``)."""
     d_mlp: int
     accuracy: float | None
     """Top-1 accuracy on the A prompts where they have ground truth (None for free text)."""
 
+    def of(self, kind: str = "all", metric: str = "l2") -> Sharpness:
+        return self.sharpness[metric][kind]
+
     def flips_where(self, low: float, high: float) -> list[int]:
-        """Sign flips of the pairs whose sharpness is in ``[low, high)``."""
+        """Sign flips of the pairs whose L2 sharpness is in ``[low, high)``."""
         return [f for f, s in zip(self.flips, self.pair_sharpness, strict=True) if low <= s < high]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "sharpness": {k: v.to_json() for k, v in self.sharpness.items()},
-            "baseline": self.baseline.to_json(),
-            "curve": {"median": self.curve_median, "q25": self.curve_q25, "q75": self.curve_q75},
+            "sharpness": {
+                m: {k: v.to_json() for k, v in by_kind.items()} for m, by_kind in self.sharpness.items()
+            },
+            "baseline": {m: v.to_json() for m, v in self.baseline.items()},
+            "curves": {m: asdict(band) for m, band in self.curves.items()},
             "flips": self.flips,
             "d_mlp": self.d_mlp,
             "accuracy": self.accuracy,
         }
 
 
-def _sharpness(curves: Any) -> Sharpness:
-    return Sharpness([float(v) for v in curves.sharpness], curves.dropped)
+def metric_sharpness(curves: RegionCurves) -> dict[str, tuple[Sharpness, torch.Tensor]]:
+    """Metric → (sharpness, normalised curves of the kept pairs) of one interpolation."""
+    kl = curves.kl
+    kept = kl[:, -1] > MIN_KL
+    kl_normalised = kl[kept] / kl[kept][:, -1:]
+    return {
+        "l2": (Sharpness([float(v) for v in curves.sharpness], curves.dropped), curves.normalised),
+        "kl": (
+            Sharpness([float(v) for v in boundary_sharpness(kl_normalised)], int((~kept).sum())),
+            kl_normalised,
+        ),
+    }
 
 
 def sharpness_of(
     model: HookedModel, pairs: PromptPairs, *, steps: int, mode: str, write_hook: str
-) -> Sharpness:
-    """Sharpness of the consecutive pairs only (the cheap measurement along training)."""
-    return _sharpness(
-        interpolate(model, pairs.a["all"], pairs.b["all"], steps=steps, mode=mode, write_hook=write_hook)
+) -> dict[str, Sharpness]:
+    """Metric → sharpness of the consecutive pairs only (the cheap measurement along training)."""
+    curves = interpolate(
+        model, pairs.a["all"], pairs.b["all"], steps=steps, mode=mode, write_hook=write_hook
     )
+    return {m: s for m, (s, _) in metric_sharpness(curves).items()}
 
 
 def measure_model(
@@ -243,34 +299,29 @@ def measure_model(
         seed: seeds the random-direction baseline.
     """
     kw = {"steps": steps, "mode": mode, "write_hook": write_hook}
-    by_kind = {k: interpolate(model, pairs.a[k], pairs.b[k], **kw) for k in KINDS if len(pairs.a[k])}
-    everything = by_kind["all"]
+    raw = {k: interpolate(model, pairs.a[k], pairs.b[k], **kw) for k in KINDS if len(pairs.a[k])}
+    by_kind = {k: metric_sharpness(curves) for k, curves in raw.items()}
     a = pairs.a["all"]
     # the baseline done right: A → A + a direction drawn from the activations' covariance
     directions = random_directions(
         model, torch.cat([a, pairs.b["all"]]), len(a), hook=write_hook, seed=seed
     )
     act_a = residual_at(model, a, -1, [write_hook])[0].to(directions.dtype)
-    baseline = interpolate(model, a, targets=act_a + directions, **kw)
+    everything = raw["all"]
+    baseline = metric_sharpness(interpolate(model, a, targets=act_a + directions, **kw))
     flips = sign_flips(model, a, pairs.b["all"], write_hook=write_hook, steps=2)[:, -1]
     pair_sharpness = torch.full((len(a),), math.nan, dtype=torch.float64)
     pair_sharpness[everything.kept] = everything.sharpness.double()
-    curve = everything.normalised.double()
-    quantiles = (
-        torch.quantile(curve, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), dim=0)
-        if len(curve)
-        else torch.full((3, steps), math.nan, dtype=torch.float64)
-    )
     accuracy = None
     if pairs.answers is not None:
-        with torch.no_grad():
-            accuracy = float((model(a)[:, -1].argmax(-1) == pairs.answers).double().mean())
+        accuracy = float((top_tokens(model, a) == pairs.answers).double().mean())
     return ModelRegions(
-        sharpness={k: _sharpness(by_kind[k]) if k in by_kind else Sharpness([], 0) for k in KINDS},
-        baseline=_sharpness(baseline),
-        curve_median=[round(float(v), 5) for v in quantiles[1]],
-        curve_q25=[round(float(v), 5) for v in quantiles[0]],
-        curve_q75=[round(float(v), 5) for v in quantiles[2]],
+        sharpness={
+            m: {k: by_kind[k][m][0] if k in by_kind else Sharpness([], 0) for k in KINDS}
+            for m in METRICS
+        },
+        baseline={m: baseline[m][0] for m in METRICS},
+        curves={m: Band.of(by_kind["all"][m][1], steps) for m in METRICS},
         flips=[int(f) for f in flips],
         pair_sharpness=[float(s) for s in pair_sharpness],
         d_mlp=int(model.cfg.d_mlp or 0),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from tinylens.studies.regions_analyses import BOUNDARY, SAME_REGION, Sharpness
+from tinylens.studies.regions_analyses import BOUNDARY, METRICS, SAME_REGION, Sharpness
 from tinylens.studies.report import Section, new_figure, pct
 
 if TYPE_CHECKING:
@@ -23,24 +25,35 @@ def _thresholds(ax, *, vertical: bool = True) -> None:
     line(BOUNDARY, color="red", ls=":", lw=1, label=f"boundary > {BOUNDARY:g}")
 
 
+METRIC_NAMES = {"l2": "L2 of the final residual", "kl": "KL of the next-token distribution"}
+
+
 def curves_figure(result: RegionsResult) -> Figure:
-    """Per size: median d(α)/d(1) with its 25–75% band, trained against random init."""
+    """Per size and metric: median normalised distance with its 25–75% band, trained against
+    random init."""
     sizes = result.sizes
-    fig = new_figure(3.3 * len(sizes), 3.3)
-    steps = result.config.steps
-    alphas = np.linspace(0, 1, steps)
-    for k, size in enumerate(sizes):
-        ax = fig.add_subplot(1, len(sizes), k + 1)
-        for regions, color, label in (
-            (size.init, INIT, "random init"),
-            (size.trained, TRAINED, "trained"),
-        ):
-            ax.fill_between(alphas, regions.curve_q25, regions.curve_q75, color=color, alpha=0.25, lw=0)
-            ax.plot(alphas, regions.curve_median, color=color, label=label)
-        ax.plot([0, 1], [0, 1], color="black", ls="--", lw=0.8, label="straight line")
-        ax.set(title=size.name, xlabel="α", ylabel="d(α) / d(1)" if k == 0 else None, ylim=(-0.05, 1.3))
-        if k == 0:
-            ax.legend(fontsize=8)
+    fig = new_figure(3.3 * len(sizes), 6.4)
+    alphas = np.linspace(0, 1, result.config.steps)
+    for row, metric in enumerate(METRICS):
+        for k, size in enumerate(sizes):
+            ax = fig.add_subplot(len(METRICS), len(sizes), row * len(sizes) + k + 1)
+            for regions, color, label in (
+                (size.init, INIT, "random init"),
+                (size.trained, TRAINED, "trained"),
+            ):
+                band = regions.curves[metric]
+                ax.fill_between(alphas, band.q25, band.q75, color=color, alpha=0.25, lw=0)
+                ax.plot(alphas, band.median, color=color, label=label)
+            ax.plot([0, 1], [0, 1], color="black", ls="--", lw=0.8, label="straight line")
+            ax.set(
+                title=f"{size.name}: {metric.upper()}",
+                xlabel="α" if row == len(METRICS) - 1 else None,
+                ylabel=f"{METRIC_NAMES[metric]}\n(α) / (1)" if k == 0 else None,
+                ylim=(-0.05, 1.3),
+            )
+            ax.title.set_fontsize(9)
+            if k == 0 and row == 0:
+                ax.legend(fontsize=7)
     return fig
 
 
@@ -52,23 +65,31 @@ def _log_bins(values: list[list[float]]) -> np.ndarray:
 
 
 def sharpness_histogram(size: SizeRegions) -> Figure:
-    """Sharpness of the consecutive pairs: trained, random init and the random-direction baseline."""
-    fig = new_figure(7.0, 3.8)
-    ax = fig.add_subplot(1, 1, 1)
-    sets = (
-        (size.trained.sharpness["all"], TRAINED, "trained"),
-        (size.init.sharpness["all"], INIT, "random init"),
-        (size.trained.baseline, BASELINE, "trained, covariance-random directions"),
-    )
-    bins = _log_bins([s.values for s, _, _ in sets])
-    for s, color, label in sets:
-        if s.values:
-            ax.hist(
-                s.values, bins=bins, color=color, alpha=0.5, label=f"{label} (median {s.median:.2f})"
-            )
-    _thresholds(ax)
-    ax.set(xscale="log", xlabel="boundary sharpness (log)", ylabel="pairs", title=size.name)
-    ax.legend(fontsize=8)
+    """Sharpness of the consecutive pairs per metric: trained, random init and the
+    random-direction baseline."""
+    fig = new_figure(11.0, 3.8)
+    for col, metric in enumerate(METRICS):
+        ax = fig.add_subplot(1, len(METRICS), col + 1)
+        sets = (
+            (size.trained.of("all", metric), TRAINED, "trained"),
+            (size.init.of("all", metric), INIT, "random init"),
+            (size.trained.baseline[metric], BASELINE, "trained, covariance-random directions"),
+        )
+        bins = _log_bins([s.values for s, _, _ in sets])
+        for s, color, label in sets:
+            if s.values:
+                ax.hist(
+                    s.values, bins=bins, color=color, alpha=0.5, label=f"{label} (median {s.median:.2f})"
+                )
+        _thresholds(ax)
+        ax.set(
+            xscale="log",
+            xlabel="boundary sharpness (log)",
+            ylabel="pairs",
+            title=f"{size.name}: {METRIC_NAMES[metric]}",
+        )
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -84,33 +105,41 @@ def _band(ax, x, stats: list[Sharpness], color: str, label: str) -> None:
     ax.plot(x, [s.median for s in stats], color=color, marker="o", ms=3, label=label)
 
 
+def _median_panels(fig: Figure, xlabel: str) -> Iterator[tuple[Axes, str]]:
+    """One log-log panel of median sharpness per metric: yields (axes, metric) to draw on, then
+    adds the thresholds, labels and legend."""
+    for col, metric in enumerate(METRICS):
+        ax = fig.add_subplot(1, len(METRICS), col + 1)
+        yield ax, metric
+        _thresholds(ax, vertical=False)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel=xlabel,
+            ylabel="median sharpness",
+            title=METRIC_NAMES[metric],
+        )
+        ax.legend(fontsize=7)
+
+
 def training_figure(result: RegionsResult) -> Figure:
-    """Median sharpness (25–75% band) against training step, one line per size; step 0 is drawn
-    at the left edge (a log axis has no 0)."""
-    fig = new_figure(7.5, 4.0)
-    ax = fig.add_subplot(1, 1, 1)
-    colors = [f"C{k}" for k in range(len(result.sizes))]
-    for size, color in zip(result.sizes, colors, strict=True):
-        points = [(max(c.step, 0.5), c.sharpness) for c in size.training]
-        _band(ax, [p for p, _ in points], [s for _, s in points], color, size.name)
-    _thresholds(ax, vertical=False)
-    ax.set(
-        xscale="log", yscale="log", xlabel="training step (log; init at 0.5)", ylabel="median sharpness"
-    )
-    ax.legend(fontsize=8)
+    """Median sharpness (25–75% band) against training step per metric, one line per size; step
+    0 is drawn at 0.5 (a log axis has no 0)."""
+    fig = new_figure(11.0, 4.0)
+    for ax, metric in _median_panels(fig, "training step (log; init at 0.5)"):
+        for k, size in enumerate(result.sizes):
+            steps = [max(c.step, 0.5) for c in size.training]
+            _band(ax, steps, [c.of(metric) for c in size.training], f"C{k}", size.name)
     return fig
 
 
 def size_figure(result: RegionsResult) -> Figure:
-    """Median sharpness (25–75% band) against parameter count, trained and at random init."""
-    fig = new_figure(6.5, 3.8)
-    ax = fig.add_subplot(1, 1, 1)
+    """Median sharpness (25–75% band) against parameter count per metric, trained and at init."""
+    fig = new_figure(11.0, 3.8)
     params = [s.n_params for s in result.sizes]
-    _band(ax, params, [s.init.sharpness["all"] for s in result.sizes], INIT, "random init")
-    _band(ax, params, [s.trained.sharpness["all"] for s in result.sizes], TRAINED, "trained")
-    _thresholds(ax, vertical=False)
-    ax.set(xscale="log", yscale="log", xlabel="parameters (log)", ylabel="median sharpness")
-    ax.legend(fontsize=8)
+    for ax, metric in _median_panels(fig, "parameters (log)"):
+        _band(ax, params, [s.init.of("all", metric) for s in result.sizes], INIT, "random init")
+        _band(ax, params, [s.trained.of("all", metric) for s in result.sizes], TRAINED, "trained")
     return fig
 
 
@@ -125,17 +154,28 @@ def slices_figure(result: RegionsResult) -> Figure | None:
         assert sl is not None
         ax = fig.add_subplot(1, len(shown), k + 1)
         ax.imshow(np.array(sl.rgb), origin="lower", extent=(sl.low, sl.high, sl.low, sl.high))
+        middle = (sl.low + sl.high) / 2
         for (x, y), name, mark in zip(sl.corners, sl.names, "ABC", strict=True):
-            ax.scatter(x, y, color="white", edgecolors="black", s=40, zorder=3)
+            ax.scatter(x, y, color="white", edgecolors="black", s=40, zorder=3, clip_on=True)
+            right = x > middle  # label toward the middle, so it stays inside the image
             ax.annotate(
                 f"{mark}: {name}",
                 (x, y),
-                xytext=(4, 4),
+                xytext=(-4 if right else 4, 4),
                 textcoords="offset points",
+                ha="right" if right else "left",
                 fontsize=8,
                 color="white",
+                annotation_clip=True,
             )
-        ax.set(title=size.name, xlabel="α (along B − A)", ylabel="β" if k == 0 else None)
+        outside = [m for (x, y), m in zip(sl.corners, "ABC", strict=True) if not sl.low <= x <= sl.high]
+        ax.set(
+            title=size.name + (f" ({', '.join(outside)} off the grid)" if outside else ""),
+            xlabel="α (along B − A)",
+            ylabel="β" if k == 0 else None,
+            xlim=(sl.low, sl.high),
+            ylim=(sl.low, sl.high),
+        )
     return fig
 
 
@@ -169,23 +209,29 @@ def flips_figure(size: SizeRegions) -> Figure:
 
 
 def answers_figure(result: RegionsResult) -> Figure:
-    """Sharpness of same-answer and different-answer pairs, per size (trained models)."""
-    fig = new_figure(max(5.0, 2.2 * len(result.sizes)), 3.8)
-    ax = fig.add_subplot(1, 1, 1)
-    data, positions, colors, ticks = [], [], [], []
-    for k, size in enumerate(result.sizes):
-        for j, (kind, color) in enumerate((("same", "green"), ("different", "red"))):
-            values = size.trained.sharpness[kind].values
-            data.append(values if values else [math.nan])
-            positions.append(3 * k + j)
-            colors.append(color)
-        ticks.append(3 * k + 0.5)
-    parts = ax.boxplot(data, positions=positions, widths=0.8, patch_artist=True, showfliers=True)
-    for patch, color in zip(parts["boxes"], colors, strict=True):
-        patch.set(facecolor=color, alpha=0.35)
-    _thresholds(ax, vertical=False)
-    ax.set_xticks(ticks, [s.name for s in result.sizes])
-    ax.set(yscale="log", ylabel="sharpness (log)", title="same answer (green) vs different answer (red)")
+    """Sharpness of same-answer and different-answer pairs per size and metric (trained)."""
+    fig = new_figure(max(8.0, 4.4 * len(result.sizes)), 3.8)
+    for col, metric in enumerate(METRICS):
+        ax = fig.add_subplot(1, len(METRICS), col + 1)
+        data, positions, colors, ticks = [], [], [], []
+        for k, size in enumerate(result.sizes):
+            for j, (kind, color) in enumerate((("same", "green"), ("different", "red"))):
+                values = size.trained.of(kind, metric).values
+                data.append(values if values else [math.nan])
+                positions.append(3 * k + j)
+                colors.append(color)
+            ticks.append(3 * k + 0.5)
+        parts = ax.boxplot(data, positions=positions, widths=0.8, patch_artist=True)
+        for patch, color in zip(parts["boxes"], colors, strict=True):
+            patch.set(facecolor=color, alpha=0.35)
+        _thresholds(ax, vertical=False)
+        ax.set_xticks(ticks, [s.name for s in result.sizes], fontsize=8)
+        ax.set(
+            yscale="log",
+            ylabel="sharpness (log)",
+            title=f"{METRIC_NAMES[metric]}: same (green), different (red)",
+        )
+        ax.title.set_fontsize(9)
     return fig
 
 
@@ -219,55 +265,67 @@ def sections(result: RegionsResult) -> list[Section]:
             s.name,
             f"{s.n_params:,}",
             "-" if s.trained.accuracy is None else pct(s.trained.accuracy, 0),
-            f"{s.trained.sharpness['all'].median:.2f}",
-            f"{s.init.sharpness['all'].median:.2f}",
-            pct(s.trained.sharpness["all"].share_boundary, 0),
-            pct(s.init.sharpness["all"].share_boundary, 0),
+            *(
+                value
+                for metric in METRICS
+                for value in (
+                    f"{s.trained.of('all', metric).median:.2f} / {s.init.of('all', metric).median:.2f}",
+                    f"{pct(s.trained.of('all', metric).crossing_rate, 0)} / "
+                    f"{pct(s.init.of('all', metric).crossing_rate, 0)}",
+                )
+            ),
         ]
         for s in result.sizes
+    ]
+    size_header = [
+        "model",
+        "parameters",
+        "accuracy",
+        *(
+            h
+            for metric in METRICS
+            for h in (
+                f"{metric.upper()} median, trained / init",
+                f"{metric.upper()} > {BOUNDARY:g}, trained / init",
+            )
+        ),
     ]
     out = [
         Section(
             "Interpolation curves",
             "Median normalised output distance d(α)/d(1) along the path from A's to B's activation, "
-            "with the 25–75% band. A straight line means the output moves evenly; a flat start and "
-            "a jump means A's region holds until a boundary.",
+            "with the 25–75% band: the paper's L2 distance of the final residual (top) and the KL "
+            "divergence of the next-token distributions (bottom). A straight line means the output "
+            "moves evenly; a flat start and a jump means A's region holds until a boundary.",
             figures=[
                 (
                     curves_figure(result),
                     "trained models (blue) against their random initialisation (grey)",
                 )
             ],
-            tables=[
-                (
-                    [
-                        "model",
-                        "parameters",
-                        "accuracy",
-                        "median (trained)",
-                        "median (init)",
-                        f"> {BOUNDARY:g} (trained)",
-                        f"> {BOUNDARY:g} (init)",
-                    ],
-                    size_rows,
-                )
-            ],
+            tables=[(size_header, size_rows)],
         ),
         Section(
             "Boundary sharpness",
             f"(steps − 1) · max Δ of each normalised curve: 1 for a straight line, up to "
-            f"{result.config.steps - 1} for a jump within one α step. The baseline interpolates from "
-            "A toward A plus a direction drawn from the activations' covariance (not from a random "
-            "point minus A, which leaves the data's distribution).",
+            f"{result.config.steps - 1} for a jump within one α step. Pairs whose output did not "
+            "move at α = 1 are dropped from the curves (counted as crossing nothing in the 'of all' "
+            "column). The baseline interpolates from A toward A plus a direction drawn from the "
+            "activations' covariance (not from a random point minus A, which leaves the data's "
+            "distribution).",
             figures=[(sharpness_histogram(largest), f"{largest.name}: sharpness of consecutive pairs")],
             tables=[
                 (
-                    SHARPNESS_HEADER,
+                    ["metric", *SHARPNESS_HEADER],
                     [
-                        _row("trained, consecutive", largest.trained.sharpness["all"]),
-                        _row("random init, consecutive", largest.init.sharpness["all"]),
-                        _row("trained, covariance-random directions", largest.trained.baseline),
-                        _row("random init, covariance-random directions", largest.init.baseline),
+                        [metric.upper(), *_row(name, s)]
+                        for metric in METRICS
+                        for name, s in (
+                            ("trained, consecutive", largest.trained.of("all", metric)),
+                            ("random init, consecutive", largest.init.of("all", metric)),
+                            ("trained, covariance-random directions", largest.trained.baseline[metric]),
+                            ("random init, covariance-random directions", largest.init.baseline[metric]),
+                        )
                     ],
                 )
             ],
@@ -295,7 +353,7 @@ def sections(result: RegionsResult) -> list[Section]:
                 "2-D slices",
                 "The plane through three prompts' activations (A at (0, 0), B at (1, 0), C above), each "
                 "point written into A's run; red, green and blue are nearness to A's, B's and C's own "
-                "outputs (1 − distance / its largest value on the grid).",
+                "final residuals (1 − L2 distance / its largest value on the grid).",
                 figures=[(slices, "one slice per model, the three prompts' answers labelled")],
             )
         )
@@ -304,7 +362,7 @@ def sections(result: RegionsResult) -> list[Section]:
             "Regions against polytopes",
             "For each consecutive pair, the last layer's MLP units whose pre-activation has another "
             "sign in A's run with B's activation written than in A's clean run: each flip is a ReLU "
-            "polytope boundary crossed.",
+            "polytope boundary crossed. Pairs are grouped by their L2 sharpness.",
             figures=[(flips_figure(largest), "sign flips by whether the pair stayed in one region")],
         )
     )
@@ -315,10 +373,11 @@ def sections(result: RegionsResult) -> list[Section]:
             figures=[(answers_figure(result), "sharpness of same-answer and different-answer pairs")],
             tables=[
                 (
-                    ["model", *SHARPNESS_HEADER],
+                    ["model", "metric", *SHARPNESS_HEADER],
                     [
-                        [s.name, *_row(kind, s.trained.sharpness[kind])]
+                        [s.name, metric.upper(), *_row(kind, s.trained.of(kind, metric))]
                         for s in result.sizes
+                        for metric in METRICS
                         for kind in ("same", "different")
                     ],
                 )

@@ -48,6 +48,7 @@ from jaxtyping import Float, Int
 from tinylens.analysis.protocol import HookedModel, check_token_ids
 from tinylens.analysis.regions.paths import interpolation_path, plane_basis, plane_points
 from tinylens.analysis.regions.runners import (
+    Clean,
     Method,
     Mode,
     check_inputs,
@@ -128,6 +129,7 @@ def interpolate(
     position: int = -1,
     min_distance: float = 0.01,
     method: Method = "fast",
+    batch_size: int = 64,
 ) -> RegionCurves:
     """Patch points between A's and B's activations into A's run and measure the output's change.
 
@@ -150,6 +152,8 @@ def interpolate(
             from the weights, for residual sites of a model the weights reproduce; else
             ``batched``), ``batched`` (one hooked pass of all pairs and steps) or ``reference``
             (one hooked pass per α, the paper's way).
+        batch_size: pairs per forward pass (each pass holds ``batch_size · steps`` rows of
+            logits: lower it for a large vocabulary).
 
     Returns:
         The curves; the model's parameters and train/eval mode are unchanged.
@@ -161,23 +165,26 @@ def interpolate(
         TokenError: prompts that are not 2-d integer token ids of the model's vocabulary.
     """
     read_hook = default_read_hook(model) if read_hook is None else read_hook
-    alphas, reads, logits, clean_a, top_b = _sweep(
-        model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, position, method
-    )
-    l2 = (reads - clean_a.read[:, None]).flatten(2).norm(dim=-1)
-    logp_a = clean_a.logits.log_softmax(-1)[:, None]
-    logp = logits.log_softmax(-1)
-    kl = (logp_a.exp() * (logp_a - logp)).sum(-1)
-    top_a = clean_a.logits.argmax(-1)
-    index = torch.stack([top_a, top_b], -1)[:, None].expand(-1, logits.shape[1], -1)
-    pair_logits = logits.gather(-1, index)
+
+    def distances(reads, logits, clean_a, top_b):
+        l2 = (reads - clean_a.read[:, None]).flatten(2).norm(dim=-1)
+        logp_a = clean_a.logits.log_softmax(-1)[:, None]
+        kl = (logp_a.exp() * (logp_a - logits.log_softmax(-1))).sum(-1)
+        index = torch.stack([clean_a.logits.argmax(-1), top_b], -1)[:, None]
+        pair_logits = logits.gather(-1, index.expand(-1, logits.shape[1], -1))
+        return l2, kl, pair_logits[..., 0] - pair_logits[..., 1]
+
+    alphas, (l2, kl, logit_diff) = _sweep(
+        model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, position, method,
+        batch_size, distances,
+    )  # fmt: skip
     kept = l2[:, -1] > min_distance
     normalised = l2[kept] / l2[kept][:, -1:]
     return RegionCurves(
         alphas=alphas,
         l2=l2,
         kl=kl,
-        logit_diff=pair_logits[..., 0] - pair_logits[..., 1],
+        logit_diff=logit_diff,
         kept=kept,
         normalised=normalised,
         sharpness=boundary_sharpness(normalised),
@@ -207,6 +214,7 @@ def sign_flips(
     steps: int = 11,
     mode: Mode = "linear",
     position: int = -1,
+    batch_size: int = 64,
 ) -> Int[torch.Tensor, "pair step"]:
     """How many MLP pre-activations change sign between A's clean run and each patched run.
 
@@ -224,6 +232,7 @@ def sign_flips(
         steps: number of α values in [0, 1], at least 2.
         mode: ``linear``, ``arc`` or ``slerp``.
         position: the sequence position written and read.
+        batch_size: pairs per forward pass.
 
     Returns:
         ``[pair, step]`` counts at the patched position; column 0 is 0 (A's own activation) and
@@ -234,11 +243,15 @@ def sign_flips(
     """
     if mlp_hook is None:
         mlp_hook = f"blocks.{int(model.cfg.n_layers) - 1}.mlp.hook_pre"
-    _, reads, _, clean_a, _ = _sweep(
-        model, prompts_a, prompts_b, targets, write_hook, mlp_hook, steps, mode, position, "batched"
-    )
-    clean = clean_a.read[:, None] > 0
-    return ((reads > 0) != clean).flatten(2).sum(-1)
+
+    def flips(reads, logits, clean_a, top_b):
+        return (((reads > 0) != (clean_a.read[:, None] > 0)).flatten(2).sum(-1),)
+
+    _, (counts,) = _sweep(
+        model, prompts_a, prompts_b, targets, write_hook, mlp_hook, steps, mode, position, "batched",
+        batch_size, flips,
+    )  # fmt: skip
+    return counts
 
 
 @no_type_check  # checks its own inputs with tinylens errors
@@ -349,23 +362,40 @@ def random_directions(
     return (z @ centred / (flat.shape[0] - 1) ** 0.5).reshape(n, *acts.shape[1:])
 
 
-def _sweep(model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, position, method):
-    """The clean runs and the patched α grid shared by :func:`interpolate` and :func:`sign_flips`:
-    α, the patched reads and logits ``[pair, step, …]``, A's clean run and B's top token."""
+def _sweep(
+    model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, position, method,
+    batch_size, reduce,
+):  # fmt: skip
+    """The clean runs and the patched α grid shared by :func:`interpolate` and :func:`sign_flips`,
+    ``batch_size`` pairs at a time.
+
+    ``reduce(reads, logits, clean_a, top_b)`` turns one chunk's patched reads and logits
+    ``[pair, step, …]``, A's clean runs and B's top tokens into a tuple of ``[pair, …]`` tensors,
+    so the logits of every pair and step are never held at once. Returns α and the reduced tensors
+    of all pairs.
+    """
     seq_len = check_inputs(
         model, prompts_a, prompts_b, targets, [write_hook, read_hook], steps, mode, method, position
     )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     n = int(prompts_a.shape[0])
     with evaluating(model):
         runner = make_runner(model, write_hook, read_hook, position % seq_len, method)
-        both = prompts_a if prompts_b is None else torch.cat([prompts_a, prompts_b])  # one batch
-        clean = runner.clean(both)
+        both = prompts_a if prompts_b is None else torch.cat([prompts_a, prompts_b])
+        clean = Clean.cat([runner.clean(chunk) for chunk in both.split(2 * batch_size)])
         clean_a = clean.rows(slice(0, n))
         act_b = None if prompts_b is None else clean.write[n:]
+        # the whole path at once: the arc mode's mean is over every A and B of the call
         path, alphas = _path(clean_a.write, act_b, targets, steps, mode, write_hook)
-        reads, logits = runner.patched(clean_a, path)
-    top_b = logits[:, -1].argmax(-1) if prompts_b is None else clean.logits[n:].argmax(-1)
-    return alphas, reads, logits, clean_a, top_b
+        parts = []
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            base = clean_a.rows(rows)
+            reads, logits = runner.patched(base, path[rows])
+            top_b = logits[:, -1].argmax(-1) if prompts_b is None else clean.logits[n:][rows].argmax(-1)
+            parts.append(reduce(reads, logits, base, top_b))
+    return alphas, tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
 def _path(act_a, act_b, targets, steps, mode, write_hook):

@@ -59,6 +59,21 @@ class Clean:
     """Fast runner only: each layer's keys ``[row, head, earlier pos, d_head]``."""
     values: tuple[torch.Tensor, ...] = ()
 
+    @classmethod
+    def cat(cls, parts: list[Clean]) -> Clean:
+        """The rows of ``parts``, in order, as one."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        return cls(
+            tokens=torch.cat([p.tokens for p in parts]),
+            write=torch.cat([p.write for p in parts]),
+            read=torch.cat([p.read for p in parts]),
+            logits=torch.cat([p.logits for p in parts]),
+            keys=tuple(torch.cat(ks) for ks in zip(*(p.keys for p in parts), strict=True)),
+            values=tuple(torch.cat(vs) for vs in zip(*(p.values for p in parts), strict=True)),
+        )
+
     def rows(self, index: slice) -> Clean:
         return replace(
             self,
