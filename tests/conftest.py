@@ -42,3 +42,10 @@ def seqcont_study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The seqcont study's run folder, made once with the tiny preset (a 2-layer model, seconds)."""
     workspace = Workspace(tmp_path_factory.mktemp("seqcont-study"))
     return run_study("seqcont", workspace, "tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def regions_study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The regions study's run folder, made once with the tiny preset (two 2-layer widths)."""
+    workspace = Workspace(tmp_path_factory.mktemp("regions-study"))
+    return run_study("regions", workspace, "tiny", progress=False)

@@ -25,42 +25,36 @@ from ..helpers import save_tiny_gpt2
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "red", "big", "old"]
 
 
-@pytest.fixture(scope="module")
-def regions_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    workspace = Workspace(tmp_path_factory.mktemp("regions-study"))
-    return run_study("regions", workspace, "tiny", progress=False)
-
-
-def test_study_writes_results_figures_and_report(regions_run: Run) -> None:
-    sizes = regions_run.read_result("sizes")
+def test_study_writes_results_figures_and_report(regions_study_run: Run) -> None:
+    sizes = regions_study_run.read_result("sizes")
     assert [s["d_model"] for s in sizes] == [16, 32]
     for size in sizes:
         assert size["training"][0]["step"] == 0 and len(size["training"]) >= 3
         assert set(size["trained"]["sharpness"]) == {"l2", "kl"}
         assert set(size["trained"]["sharpness"]["kl"]) == {"all", "same", "different"}
         assert size["slice"] is not None
-    figures = regions_run.figure_names()
+    figures = regions_study_run.figure_names()
     assert len(figures) == 7  # curves, histogram, training, size, slices, flips, answers
-    html = regions_run.report_path.read_text()
+    html = regions_study_run.report_path.read_text()
     assert html.count("data:image/png;base64,") == len(figures)
     assert html.index("Claims") < html.index("Interpolation curves")
-    claims = regions_run.read_result("claims")
+    claims = regions_study_run.read_result("claims")
     assert len(claims) == 5 and all(c["rule"] for c in claims)
 
 
-def test_a_model_that_barely_continues_passes_no_claim(regions_run: Run) -> None:
-    claims = regions_run.read_result("claims")
+def test_a_model_that_barely_continues_passes_no_claim(regions_study_run: Run) -> None:
+    claims = regions_study_run.read_result("claims")
     assert not any(c["holds"] for c in claims), [c["measured"] for c in claims]
 
 
-def test_reported_sharpness_is_what_interpolate_measures(regions_run: Run) -> None:
+def test_reported_sharpness_is_what_interpolate_measures(regions_study_run: Run) -> None:
     """Recompute the largest model's sharpness, trained and at its step-0 initialisation, from the
     run's checkpoints and the pairs the seed gives: the study must report the same numbers."""
     cfg = study_config("tiny")
-    workspace = regions_run.workspace
+    workspace = regions_study_run.workspace
     run_name = cfg.sizes[-1].default_name()
     pairs = an.task_pairs(SeqcontTask(), cfg.n_pairs, derive_seed(cfg.seed, "regions-pairs"))
-    reported = regions_run.read_result("sizes")[-1]
+    reported = regions_study_run.read_result("sizes")[-1]
     for key, step in (("trained", None), ("init", 0)):
         model = runs.load_trained(workspace, run_name, step).model
         curves = interpolate(model, pairs.a["all"], pairs.b["all"], steps=cfg.steps)
@@ -70,10 +64,10 @@ def test_reported_sharpness_is_what_interpolate_measures(regions_run: Run) -> No
         )
 
 
-def test_running_again_reuses_the_models_and_gives_the_same_numbers(regions_run: Run) -> None:
-    before = regions_run.read_result("sizes")
-    again = run_study("regions", regions_run.workspace, "tiny", progress=False)
-    assert again.name == regions_run.name
+def test_running_again_reuses_the_models_and_gives_the_same_numbers(regions_study_run: Run) -> None:
+    before = regions_study_run.read_result("sizes")
+    again = run_study("regions", regions_study_run.workspace, "tiny", progress=False)
+    assert again.name == regions_study_run.name
     assert again.read_result("sizes") == before
 
 
@@ -166,7 +160,7 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 def test_regions_command_on_a_checkpoint_and_on_a_run(
-    tmp_path: Path, regions_run: Run, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, regions_study_run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:
     save_tiny_gpt2(tmp_path / "gpt2", WORDS, seed=1)
     prompts = _prompt_file(tmp_path / "prompts.txt", _sentences(6))
@@ -181,7 +175,7 @@ def test_regions_command_on_a_checkpoint_and_on_a_run(
     lines = [task.decode(row[:-1]) for row in sample]
     run_prompts = _prompt_file(tmp_path / "seqcont.txt", lines)
     run_name = study_config("tiny").sizes[-1].default_name()
-    workspace = str(regions_run.workspace.root)
+    workspace = str(regions_study_run.workspace.root)
     code, out, err = _cli(["regions", run_name, "--prompts", str(run_prompts), "-w", workspace], capsys)
     assert code == 0, err
     assert out.startswith("blocks.0.hook_resid_post → ln_final.hook_out, linear paths of 11 steps")

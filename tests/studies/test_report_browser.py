@@ -52,7 +52,13 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 @pytest.mark.parametrize(
-    ("fixture", "n_claims"), [("study_run", 7), ("maze_study_run", 5), ("seqcont_study_run", 4)]
+    ("fixture", "n_claims"),
+    [
+        ("study_run", 7),
+        ("maze_study_run", 5),
+        ("seqcont_study_run", 4),
+        ("regions_study_run", 5),
+    ],
 )
 def test_report_opens_with_every_figure(
     browser: webdriver.Chrome, request: pytest.FixtureRequest, fixture: str, n_claims: int
