@@ -38,7 +38,7 @@ def test_user_overrides_win_over_the_task_recipe() -> None:
 
 
 def test_a_run_config_round_trips_through_its_dict() -> None:
-    for task in ("addition", "maze", "seqcont"):
+    for task in ("addition", "counting", "maze", "seqcont"):
         cfg = make_run_config(task, "tiny", seed=3)
         assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 

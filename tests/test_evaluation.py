@@ -9,7 +9,7 @@ import torch
 
 from tinylens.evaluation import EvalResult, EvalTally, evaluate, evaluate_batches
 from tinylens.model import ModelConfig, build_model
-from tinylens.tasks import AdditionTask, MazeTask, SeqcontTask, Task
+from tinylens.tasks import AdditionTask, CountingTask, MazeTask, SeqcontTask, Task
 
 
 def tiny_model(task: Task) -> torch.nn.Module:
@@ -35,7 +35,9 @@ def assert_same(batched: EvalResult, whole: EvalResult) -> None:
 
 
 @pytest.mark.parametrize(
-    "task", [AdditionTask(), MazeTask(grid=3), SeqcontTask()], ids=["addition", "maze", "seqcont"]
+    "task",
+    [AdditionTask(), CountingTask(), MazeTask(grid=3), SeqcontTask()],
+    ids=["addition", "counting", "maze", "seqcont"],
 )
 @pytest.mark.parametrize("batch", [7, 100])
 def test_batched_evaluation_equals_one_batch(task: Task, batch: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from tinylens.errors import ConfigError, unknown_name
 from tinylens.tasks.addition import CASES, SUBTASKS, AdditionLabels, AdditionTask
 from tinylens.tasks.base import Task, Tokens
+from tinylens.tasks.counting import CountingLabels, CountingTask
 from tinylens.tasks.maze_task import MazeTask
 from tinylens.tasks.seqcont import SeqcontTask
 
@@ -36,6 +37,7 @@ def make_task(name: str, options: dict[str, Any] | None = None) -> Task:
 
 
 register_task(AdditionTask)
+register_task(CountingTask)
 register_task(MazeTask)
 register_task(SeqcontTask)
 
@@ -52,6 +54,9 @@ __all__ = [
     "SUBTASKS",
     "AdditionLabels",
     "AdditionTask",
+    # character counting (InversionView)
+    "CountingLabels",
+    "CountingTask",
     # maze
     "MazeTask",
     # sequence continuation
