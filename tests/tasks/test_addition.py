@@ -224,3 +224,28 @@ def test_sample_case_gives_only_that_class(case: int) -> None:
 def test_sample_case_rejects_impossible_classes() -> None:
     with pytest.raises(ConfigError, match="valid: 0–2"):
         AdditionTask(n_digits=2).sample_case(4, 10, torch.Generator())
+
+
+def _values(digits: torch.Tensor) -> torch.Tensor:
+    return (digits * 10 ** torch.arange(digits.shape[1])).sum(1)
+
+
+def test_min_operand_gives_inversionviews_three_digit_addition() -> None:
+    task = AdditionTask(n_digits=3, min_operand=100)
+    g = torch.Generator().manual_seed(0)
+    for train in (True, False):  # enrichment too keeps both operands in 100–999
+        a, b = task.operands(task.sample(5000, g, train=train))
+        assert int(_values(a).min()) >= 100 and int(_values(b).min()) >= 100
+        assert int(_values(a).max()) <= 999 and int(_values(b).max()) <= 999
+    cascades = task.sample_case(3, 20, g)
+    assert all(int(_values(x).min()) >= 100 for x in task.operands(cascades))
+    assert task.decode(task.solve(task.parse_prompt("615+861=")[None])[0]) == "615+861=1476"
+    with pytest.raises(TokenError, match="below 100"):
+        task.parse_prompt("615+86=")
+    assert task.options()["min_operand"] == 100
+    assert "min_operand" not in AdditionTask().options()  # earlier runs keep their identity
+    for bad in (-1, 1000, True, 1.5):
+        with pytest.raises(ConfigError, match="min_operand"):
+            make_task("addition", {"n_digits": 3, "min_operand": bad})
+    with pytest.raises(ConfigError, match="min_operand"):
+        make_task("addition", {"n_digits": 19, "min_operand": 1})

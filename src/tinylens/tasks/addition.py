@@ -80,10 +80,13 @@ class AdditionTask(Task):
         n_digits: int = 5,
         sum9_example_frac: float = 0.2,
         sum9_digit_frac: float = 0.2,
+        min_operand: int = 0,
     ) -> None:
         """
         Args:
             n_digits: operand length; operands are zero-padded to it, the answer has n_digits + 1.
+            min_operand: the smallest operand drawn (e.g. 100 for InversionView's 3-digit addition,
+                whose operands run 100–999); 0 draws every digit uniformly.
             sum9_example_frac: fraction of training questions that get enriched with sum-9 columns.
             sum9_digit_frac: in an enriched question, the chance each column is forced to sum to 9.
                 The paper enriches 20% of batches at 20% of columns; enriching 20% of questions gives
@@ -101,7 +104,19 @@ class AdditionTask(Task):
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ConfigError(f"addition {field} must be in [0, 1], got {value!r}")
+        top = 10**n_digits - 1
+        if (
+            isinstance(min_operand, bool)
+            or not isinstance(min_operand, int)
+            or not 0 <= min_operand <= top
+            or (min_operand and n_digits > 18)  # operands as int64 below
+        ):
+            raise ConfigError(
+                f"addition min_operand must be an integer 0–{top} (and 0 beyond 18 digits), "
+                f"got {min_operand!r}"
+            )
         self.n_digits = n_digits
+        self.min_operand = min_operand
         self.sum9_example_frac = float(sum9_example_frac)
         self.sum9_digit_frac = float(sum9_digit_frac)
         self._vocab = (*DIGITS, PLUS, EQUALS)
@@ -127,22 +142,42 @@ class AdditionTask(Task):
         return tuple(f"A{c}" for c in range(self.n_digits, -1, -1))
 
     def options(self) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "n_digits": self.n_digits,
             "sum9_example_frac": self.sum9_example_frac,
             "sum9_digit_frac": self.sum9_digit_frac,
         }
+        if self.min_operand:  # only when set: the runs trained before it keep their identity
+            options["min_operand"] = self.min_operand
+        return options
 
     def sample(self, n: int, generator: torch.Generator, *, train: bool = False) -> Tokens:
-        """Uniform random operands (every digit uniform); ``train=True`` adds sum-9 enrichment."""
+        """Uniform random operands (every digit uniform, or every number from ``min_operand``);
+        ``train=True`` adds sum-9 enrichment (where it keeps the operand in range)."""
         nd = self.n_digits
-        a = torch.randint(0, 10, (n, nd), generator=generator)  # [batch, column], units first
-        b = torch.randint(0, 10, (n, nd), generator=generator)
+        if self.min_operand:
+            a = self._digits(torch.randint(self.min_operand, 10**nd, (n,), generator=generator))
+            b = self._digits(torch.randint(self.min_operand, 10**nd, (n,), generator=generator))
+        else:
+            a = torch.randint(0, 10, (n, nd), generator=generator)  # [batch, column], units first
+            b = torch.randint(0, 10, (n, nd), generator=generator)
         if train and self.sum9_example_frac > 0 and self.sum9_digit_frac > 0:
             enriched = torch.rand(n, 1, generator=generator) < self.sum9_example_frac
             forced = torch.rand(n, nd, generator=generator) < self.sum9_digit_frac
-            b = torch.where(enriched & forced, 9 - a, b)
+            changed = torch.where(enriched & forced, 9 - a, b)
+            b = torch.where(self._in_range(changed)[:, None], changed, b)
         return self._assemble(a, b)
+
+    def _digits(self, numbers: Int[torch.Tensor, " batch"]) -> Int[torch.Tensor, "batch column"]:
+        """Numbers → their ``n_digits`` digits, column 0 = units."""
+        powers = 10 ** torch.arange(self.n_digits)
+        return (numbers[:, None] // powers) % 10
+
+    def _in_range(self, digits: Int[torch.Tensor, "batch column"]) -> torch.Tensor:
+        """Bool ``[batch]``: whether the operand is at least ``min_operand``."""
+        if not self.min_operand:
+            return torch.ones(len(digits), dtype=torch.bool)
+        return (digits * 10 ** torch.arange(self.n_digits)).sum(1) >= self.min_operand
 
     def encode(self, text: str) -> Int[torch.Tensor, " pos"]:
         nd = self.n_digits
@@ -194,6 +229,11 @@ class AdditionTask(Task):
                     f"operand {quote(operand)} has {len(operand)} digits; this task adds numbers of "
                     f"at most {nd} digits"
                 )
+            if int(operand) < self.min_operand:
+                raise TokenError(
+                    f"operand {quote(operand)} is below {self.min_operand}, the smallest operand "
+                    "this task was set to"
+                )
         padded = f"{operands[0].zfill(nd)}+{operands[1].zfill(nd)}="
         return torch.tensor([self._vocab.index(c) for c in padded], dtype=torch.int64)
 
@@ -240,7 +280,8 @@ class AdditionTask(Task):
                     cols = range(c0 + 1, c0 + 1 + depth)
                     b[row, list(cols)] = 9 - a[row, list(cols)]
             tokens = self._assemble(a, b)
-            kept.append(tokens[self.labels(tokens).case == case])
+            in_range = self._in_range(a) & self._in_range(b)
+            kept.append(tokens[(self.labels(tokens).case == case) & in_range])
         return torch.cat(kept)[:n]
 
     # -- labels -----------------------------------------------------------------------------------
