@@ -37,6 +37,17 @@ from tinylens.analysis.forward import ForwardRun, WeightForward
 from tinylens.analysis.geometry import EmbeddingGeometry, embedding_geometry, rank_correlation
 from tinylens.analysis.graph import ComponentGraph, GraphRun, Input, Node, NodeOutputs
 from tinylens.analysis.heads import Head, ablate_heads, allowed_rate, rank_heads
+from tinylens.analysis.inversion import (
+    EPSILON,
+    Completeness,
+    ProbeSite,
+    all_sites,
+    completeness,
+    in_preimage,
+    parse_site,
+    preimage_distance,
+    site_activations,
+)
 from tinylens.analysis.metrics import (
     FinalTokenMetric,
     Metric,
@@ -155,6 +166,16 @@ __all__ = [
     "locate_phase",
     "moving_mean_log",
     "smooth_log",
+    # InversionView: what inputs share an activation
+    "ProbeSite",
+    "parse_site",
+    "all_sites",
+    "site_activations",
+    "preimage_distance",
+    "in_preimage",
+    "EPSILON",
+    "completeness",
+    "Completeness",
     # stable regions: interpolation between prompt pairs' activations
     "interpolate",
     "RegionCurves",

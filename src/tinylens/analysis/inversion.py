@@ -1,0 +1,240 @@
+"""InversionView's measurements: sites, the ε-preimage distance, and completeness by enumeration.
+
+Background:
+    InversionView (Huang et al. 2024) reads what an activation encodes by looking at the inputs that
+    produce (almost) the same activation: the ε-preimage of a query activation z_q at a site is
+    every input whose activation at **any** of its positions lies within ε of z_q, by
+
+        D(z, z_q) = ‖z − z_q‖₂ / ‖z_q‖₂        (or 1 − cos(z, z_q)),   ε = 0.1 by default.
+
+    A conditional decoder proposes candidate inputs; each is re-run through the probed model and
+    kept by its true distance. Where the input space is small enough to enumerate (3-digit
+    addition), the true preimage is known exactly, so the decoder's recall of it and the
+    precision of its samples can be measured (:func:`completeness`).
+
+    A *site* is a residual-stream quantity of one layer: ``embed`` (the residual before block 0),
+    ``L{l}.head{h}`` (one head's output written into the residual, z_h·W_O[h]), ``L{l}.attn_out``,
+    ``L{l}.resid_mid``, ``L{l}.mlp_out`` and ``L{l}.resid_post``.
+
+Usage:
+    site = parse_site("L0.head1", model)
+    acts = site_activations(model, tokens, site)            # [batch, pos, d_model]
+    d = preimage_distance(acts, query)                      # [batch]: min over positions
+    inside = in_preimage(d, epsilon=0.1)
+    scores = completeness(true_distances, sampled_ids, epsilon=0.1)
+
+References:
+    Huang, Geiger et al. 2024, "InversionView: A General-Purpose Method for Reading Information from
+    Neural Activations" (arXiv:2405.17653).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal, get_args, no_type_check
+
+import torch
+from jaxtyping import Bool, Float, Int
+
+from tinylens import hooks
+from tinylens.analysis.protocol import HookedModel, check_token_ids
+from tinylens.errors import ConfigError, unknown_name
+
+Metric = Literal["l2", "cosine"]
+EPSILON = 0.1
+"""The paper's threshold on D for "inside the preimage"."""
+
+_LAYER_SITES = ("attn_out", "resid_mid", "mlp_out", "resid_post")
+_SITE = re.compile(r"^L(\d+)\.(head(\d+)|attn_out|resid_mid|mlp_out|resid_post)$")
+
+
+@dataclass(frozen=True)
+class ProbeSite:
+    """One place in the probed model whose activation is inverted."""
+
+    name: str
+    """``embed``, ``L{l}.head{h}``, ``L{l}.attn_out``, ``L{l}.resid_mid``, ``L{l}.mlp_out`` or
+    ``L{l}.resid_post``."""
+    hook: str
+    """The hook the activation is read at (``blocks.l.attn.hook_z`` for a head)."""
+    layer: int | None = None
+    head: int | None = None
+    """For a head site: which head's output (z_h·W_O[h])."""
+
+
+def parse_site(name: str, model: HookedModel) -> ProbeSite:
+    """The site named ``name`` in ``model``.
+
+    Raises:
+        ConfigError: a malformed name, or a layer or head the model does not have.
+    """
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    if name == "embed":
+        return ProbeSite(name, hooks.resid_pre(0))
+    match = _SITE.match(name)
+    if match is None:
+        raise ConfigError(
+            f"site {name!r} is not a site name: use embed, L<layer>.head<h>, or L<layer>. followed "
+            f"by one of {', '.join(_LAYER_SITES)} (e.g. L0.head0, L1.resid_post)"
+        )
+    layer = int(match.group(1))
+    if layer >= n_layers:
+        raise ConfigError(f"site {name!r}: the model has layers 0–{n_layers - 1}")
+    kind = match.group(2)
+    if match.group(3) is not None:
+        head = int(match.group(3))
+        if head >= n_heads:
+            raise ConfigError(f"site {name!r}: the model has heads 0–{n_heads - 1} per layer")
+        return ProbeSite(name, hooks.attn_z(layer), layer, head)
+    hook = {
+        "attn_out": hooks.attn_out,
+        "resid_mid": hooks.resid_mid,
+        "mlp_out": hooks.mlp_out,
+        "resid_post": hooks.resid_post,
+    }[kind](layer)
+    if hook not in model.hook_dict:
+        raise ConfigError(
+            f"site {name!r}: this model has no {hook} (an attention-only model has no MLP)"
+        )
+    return ProbeSite(name, hook, layer)
+
+
+def all_sites(model: HookedModel) -> list[ProbeSite]:
+    """Every site of the model, in the order the residual stream meets them."""
+    names = ["embed"]
+    for layer in range(int(model.cfg.n_layers)):
+        names += [f"L{layer}.head{h}" for h in range(int(model.cfg.n_heads))]
+        names += [f"L{layer}.{kind}" for kind in _LAYER_SITES]
+    return [parse_site(n, model) for n in names if _has(model, n)]
+
+
+def _has(model: HookedModel, name: str) -> bool:
+    try:
+        parse_site(name, model)
+    except ConfigError:
+        return False
+    return True
+
+
+def site_activations(
+    model: HookedModel,
+    tokens: Int[torch.Tensor, "batch pos"],
+    site: ProbeSite,
+    batch_size: int = 512,
+) -> Float[torch.Tensor, "batch pos d_model"]:
+    """The site's activation at every position of every input (no gradients; the model's
+    train/eval mode is left as it was).
+
+    A head's activation is its output written into the residual stream, z_h·W_O[h] (``b_O``
+    belongs to no head).
+    """
+    check_token_ids(tokens, int(model.cfg.d_vocab), "tokens")
+    training = model.training
+    model.eval()
+    parts = []
+    try:
+        with torch.no_grad():
+            for chunk in tokens.split(batch_size):
+                _, cache = model.run_with_cache(chunk, names_filter=lambda n: n == site.hook)
+                act = cache[site.hook]
+                if site.head is not None:
+                    w_o = model.W_O[site.layer][site.head]  # [d_head, d_model]
+                    act = act[:, :, site.head] @ w_o
+                parts.append(act)
+    finally:
+        model.train(training)
+    return torch.cat(parts)
+
+
+@no_type_check  # checks its own inputs with tinylens errors
+def distance(
+    z: Float[torch.Tensor, "*rows d"], query: Float[torch.Tensor, " d"], metric: Metric = "l2"
+) -> Float[torch.Tensor, " *rows"]:
+    """D(z, z_q): ``‖z − z_q‖ / ‖z_q‖`` (``l2``) or ``1 − cos(z, z_q)`` (``cosine``).
+
+    Raises:
+        ConfigError: an unknown metric, or a query of norm 0 (D is undefined).
+    """
+    if metric not in get_args(Metric):
+        raise unknown_name("distance metric", metric, get_args(Metric))
+    norm = float(query.norm())
+    if norm == 0.0:
+        raise ConfigError("the query activation is all zeros: its relative distance is undefined")
+    if metric == "l2":
+        return (z - query).norm(dim=-1) / norm
+    return 1 - (z @ query) / (z.norm(dim=-1).clamp_min(torch.finfo(z.dtype).tiny) * norm)
+
+
+@no_type_check  # checks its own inputs with tinylens errors
+def preimage_distance(
+    activations: Float[torch.Tensor, "cand pos d"],
+    query: Float[torch.Tensor, " d"],
+    *,
+    metric: Metric = "l2",
+    positions: Bool[torch.Tensor, "cand pos"] | None = None,
+) -> Float[torch.Tensor, " cand"]:
+    """Each candidate's distance to the query: the minimum of D over its positions (all, or those
+    ``positions`` marks; a candidate with none marked is infinitely far)."""
+    d = distance(activations, query, metric)
+    if positions is not None:
+        if positions.shape != d.shape:
+            raise ConfigError(
+                f"positions has shape {list(positions.shape)}; the activations give {list(d.shape)}"
+            )
+        d = d.masked_fill(~positions, math.inf)
+    return d.min(dim=-1).values
+
+
+def check_epsilon(epsilon: float | int) -> float:
+    """``epsilon`` as a float, or a ConfigError unless it is a finite number > 0."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not 0 < epsilon < math.inf:
+        raise ConfigError(f"ε must be a number > 0 (the paper uses {EPSILON}), got {epsilon!r}")
+    return float(epsilon)
+
+
+def in_preimage(
+    distances: Float[torch.Tensor, " cand"], epsilon: float | int = EPSILON
+) -> Bool[torch.Tensor, " cand"]:
+    """Which candidates lie inside the ε-preimage (D < ε)."""
+    return distances < check_epsilon(epsilon)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """How much of the true ε-preimage a set of samples finds, on an enumerated input space."""
+
+    recall: float
+    """Share of the true preimage (inputs with D < ε) that the samples contain; NaN if it is empty."""
+    precision: float
+    """Share of the distinct samples that are inside the preimage; NaN without samples."""
+    preimage_size: int
+    n_samples: int
+    """Distinct samples."""
+
+
+def completeness(
+    true_distances: Float[torch.Tensor, " input"],
+    sampled: Int[torch.Tensor, " sample"],
+    epsilon: float | int = EPSILON,
+) -> Completeness:
+    """Recall and precision of samples against the exact preimage.
+
+    Args:
+        true_distances: D of every input of the enumerated space to the query.
+        sampled: indices into that space of the decoder's samples (duplicates count once).
+        epsilon: the preimage's threshold.
+    """
+    inside = in_preimage(true_distances, epsilon)
+    if len(sampled) and (int(sampled.min()) < 0 or int(sampled.max()) >= len(true_distances)):
+        raise ConfigError(f"sample indices must lie in 0–{len(true_distances) - 1}")
+    distinct = torch.unique(sampled)
+    found = int(inside[distinct].sum())
+    size = int(inside.sum())
+    return Completeness(
+        recall=found / size if size else math.nan,
+        precision=found / len(distinct) if len(distinct) else math.nan,
+        preimage_size=size,
+        n_samples=len(distinct),
+    )

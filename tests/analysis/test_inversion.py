@@ -1,0 +1,154 @@
+"""InversionView's distance, min-over-positions rule, sites and completeness, against brute force."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformer_lens.model_bridge.sources.native import boot as boot_native
+
+from tinylens.analysis.inversion import (
+    all_sites,
+    completeness,
+    distance,
+    in_preimage,
+    parse_site,
+    preimage_distance,
+    site_activations,
+)
+from tinylens.errors import ConfigError, UnknownNameError
+from tinylens.tasks import AdditionTask
+
+from ..helpers import native_cfg
+
+TASK = AdditionTask(n_digits=1)  # 100 questions: small enough to enumerate
+
+
+def _model(**overrides: object):
+    cfg = native_cfg(TASK.d_vocab, **{"n_layers": 2, "n_heads": 4, **overrides})
+    model = boot_native(cfg, dtype=torch.float64).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=g).to(param.dtype))
+    return model
+
+
+def _every_question() -> torch.Tensor:
+    a, b = torch.meshgrid(torch.arange(10), torch.arange(10), indexing="ij")
+    prompts = torch.stack([a.flatten(), torch.full((100,), 10), b.flatten(), torch.full((100,), 11)], 1)
+    return TASK.solve(prompts)  # [100, 6]: every 'a+b=ss'
+
+
+def test_sites_are_named_and_checked() -> None:
+    model = _model()
+    names = [s.name for s in all_sites(model)]
+    assert names[0] == "embed" and len(names) == 1 + 2 * (4 + 4)
+    assert names[1:9] == [
+        *(f"L0.head{h}" for h in range(4)),
+        "L0.attn_out",
+        "L0.resid_mid",
+        "L0.mlp_out",
+        "L0.resid_post",
+    ]
+    head = parse_site("L1.head3", model)
+    assert (head.hook, head.layer, head.head) == ("blocks.1.attn.hook_z", 1, 3)
+    for bad, message in (
+        ("L2.resid_post", "layers 0–1"),
+        ("L0.head4", "heads 0–3"),
+        ("L0.mlp", "not a site"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_site(bad, model)
+    attn_only = _model(attn_only=True)
+    assert not any(s.name.endswith("mlp_out") for s in all_sites(attn_only))
+    with pytest.raises(ConfigError, match=r"no blocks\.0\.hook_mlp_out"):
+        parse_site("L0.mlp_out", attn_only)
+
+
+def test_head_sites_add_up_to_the_attention_output() -> None:
+    model = _model()
+    tokens = _every_question()[:20]
+    heads = sum(site_activations(model, tokens, parse_site(f"L1.head{h}", model)) for h in range(4))
+    attn_out = site_activations(model, tokens, parse_site("L1.attn_out", model))
+    torch.testing.assert_close(heads + model.b_O[1], attn_out)
+    _, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(
+        site_activations(model, tokens, parse_site("L0.resid_post", model), batch_size=7),
+        cache["blocks.0.hook_resid_post"],
+    )
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_preimage_distance_is_the_minimum_over_positions(metric) -> None:
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(9, 5, 7, generator=g, dtype=torch.float64)
+    query = torch.randn(7, generator=g, dtype=torch.float64)
+    mask = torch.rand(9, 5, generator=g) > 0.4
+    mask[0] = False  # a candidate with no allowed position
+    got = preimage_distance(acts, query, metric=metric)
+    got_masked = preimage_distance(acts, query, metric=metric, positions=mask)
+    for c in range(9):
+        per_pos = []
+        for p in range(5):
+            z = acts[c, p]
+            if metric == "l2":
+                d = math.sqrt(sum((float(z[i]) - float(query[i])) ** 2 for i in range(7)))
+                d /= math.sqrt(sum(float(q) ** 2 for q in query))
+            else:
+                dot = sum(float(z[i]) * float(query[i]) for i in range(7))
+                d = 1 - dot / (
+                    math.sqrt(sum(float(v) ** 2 for v in z))
+                    * math.sqrt(sum(float(q) ** 2 for q in query))
+                )
+            per_pos.append(d)
+        assert float(got[c]) == pytest.approx(min(per_pos), rel=1e-9)
+        allowed = [d for d, keep in zip(per_pos, mask[c].tolist(), strict=True) if keep]
+        assert float(got_masked[c]) == pytest.approx(min(allowed) if allowed else math.inf, rel=1e-9)
+    assert float(distance(query, query, metric)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_completeness_on_an_enumerated_input_space_matches_brute_force() -> None:
+    model = _model()
+    every = _every_question()
+    site = parse_site("L0.resid_post", model)
+    acts = site_activations(model, every, site)
+    query = acts[37, 2]  # '3+7=10' at the second operand
+    true = preimage_distance(acts, query)
+    assert float(true[37]) == 0.0  # the query's own input is at distance 0
+    ordered = true.unique()  # ascending, ties merged
+    epsilon = float(ordered[5] + ordered[6]) / 2  # a preimage of the 6 nearest distances
+    inside = {i for i in range(100) if float(true[i]) < epsilon}
+    brute = {
+        i
+        for i in range(100)
+        if min(float((acts[i, p] - query).norm() / query.norm()) for p in range(every.shape[1]))
+        < epsilon
+    }
+    assert inside == brute and 6 <= len(inside) < 100
+    sampled = torch.tensor([37, 37, 5, 90, *sorted(inside)[:4]])
+    got = completeness(true, sampled, epsilon)
+    distinct = set(sampled.tolist())
+    assert got.n_samples == len(distinct) and got.preimage_size == len(inside)
+    assert got.recall == pytest.approx(len(distinct & inside) / len(inside))
+    assert got.precision == pytest.approx(len(distinct & inside) / len(distinct))
+    assert torch.equal(in_preimage(true, epsilon), torch.tensor([i in inside for i in range(100)]))
+    empty = completeness(true, torch.tensor([], dtype=torch.int64), epsilon)
+    assert empty.n_samples == 0 and math.isnan(empty.precision) and empty.recall == 0.0
+
+
+def test_bad_input_is_refused() -> None:
+    query = torch.ones(4, dtype=torch.float64)
+    acts = torch.zeros(2, 3, 4, dtype=torch.float64)
+    for eps in (0, -0.1, math.nan, math.inf, True):
+        with pytest.raises(ConfigError, match="ε must be a number > 0"):
+            in_preimage(torch.zeros(3), eps)
+    with pytest.raises(UnknownNameError, match="valid choices: l2, cosine"):
+        preimage_distance(acts, query, metric="l1")
+    with pytest.raises(ConfigError, match="all zeros"):
+        preimage_distance(acts, torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="positions has shape"):
+        preimage_distance(acts, query, positions=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ConfigError, match="sample indices"):
+        completeness(torch.zeros(5), torch.tensor([5]))
