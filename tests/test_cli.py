@@ -102,7 +102,7 @@ def test_train_prints_the_run_name(capsys: pytest.CaptureFixture[str], tmp_path:
         (["eval", "missing-run"], "no run named"),
         (["eval", "{run}", "--checkpoint", "9999"], "no checkpoint at step 9999"),
         (["train", "subtraction"], "unknown task 'subtraction'; valid choices: addition"),
-        (["train", "addition", "--preset", "huge"], "valid choices: cpu, quirke, tiny"),
+        (["train", "addition", "--preset", "huge"], "valid choices: cpu, inversion, quirke, tiny"),
         (["train", "addition", "--steps", "0"], "steps must be an integer in [1, 1_000_000_000]"),
         (["train", "addition", "--steps", str(10**20)], "got 100000000000000000000"),
         (["train", "addition", "--seed", str(2**64)], "seed must be an integer in [0,"),

@@ -155,3 +155,19 @@ def test_read_overrides_refuses_unreadable_files(tmp_path: Path) -> None:
     deep.write_text("[" * 100_000)
     with pytest.raises(ConfigError, match="does not parse"):
         read_overrides(deep)
+
+
+def test_inversion_preset_gives_the_papers_probed_models() -> None:
+    counting = make_run_config("counting", "inversion")
+    m = counting.model
+    assert (m.n_layers, m.n_heads, m.d_model, m.d_vocab, m.n_ctx) == (2, 1, 64, 39, 32)
+    assert (counting.train.lr, counting.train.weight_decay, counting.train.batch_size) == (
+        1e-3,
+        0.01,
+        128,
+    )
+    addition = make_run_config("addition", "inversion")
+    m = addition.model
+    assert (m.n_layers, m.n_heads, m.d_model) == (2, 4, 32)
+    assert addition.task_options["n_digits"] == 3 and addition.task_options["min_operand"] == 100
+    assert addition.task_options["sum9_example_frac"] == 0.0  # the paper's data: no enrichment
