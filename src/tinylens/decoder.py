@@ -1,0 +1,184 @@
+"""InversionView's conditional decoder: a small GPT-2-style model that writes an input given an
+activation of the probed model and the site it was read at.
+
+Background:
+    Huang et al. (2024) condition a decoder on (activation, site) and sample inputs from it; the
+    samples whose own activation at that site lies within ε of the query show what the activation
+    encodes. The conditioning path: the activation, concatenated with a learned embedding of its
+    site, passes a stack of residual MLP blocks (LN → Linear → ReLU → Linear) and a final LN; in
+    every decoder layer a projection of it becomes one extra key/value slot that every position can
+    attend to (not a prefix token: it takes no position and is never predicted).
+
+    Written in plain PyTorch, nanoGPT-style, rather than as a TransformerLens model: the extra
+    key/value slot per layer is not an architecture TransformerLens builds, and the decoder is a
+    tool we train and sample, never a model we take apart.
+
+Usage:
+    cfg = DecoderConfig(d_vocab=39, n_ctx=32, d_act=64, n_sites=9)
+    decoder = InversionDecoder(cfg, seed=0)
+    logits = decoder(tokens, acts, sites)          # [batch, pos, d_vocab]: next-token logits
+    samples = decoder.sample(acts, sites, temperature=1.0, generator=g)   # [batch, n_ctx]
+
+References:
+    Huang, Geiger et al. 2024, "InversionView" (arXiv:2405.17653), appendix on the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from jaxtyping import Float, Int
+from torch import nn
+from torch.nn import functional as F
+
+from tinylens.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The decoder's shape: the probed model's vocabulary, length and width, and its own size."""
+
+    d_vocab: int
+    """The probed model's vocabulary (the decoder writes its tokens)."""
+    n_ctx: int
+    """Length of the inputs it writes."""
+    d_act: int
+    """Width of the activations it is conditioned on (the probed model's d_model)."""
+    n_sites: int
+    """How many sites it is trained on (each gets a learned embedding)."""
+    d_model: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    n_cond_blocks: int = 6
+    """Residual MLP blocks on the conditioning path."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"decoder {f.name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"decoder d_model {self.d_model} must be divisible by n_heads {self.n_heads}"
+            )
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _ResidualMLP(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.up = nn.Linear(d, 4 * d)
+        self.down = nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(F.relu(self.up(self.ln(x))))
+
+
+class _Layer(nn.Module):
+    """Pre-LN attention (with the conditioning slot) and MLP."""
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.slot_kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.n_heads
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        slot_k, slot_v = self.slot_kv(cond).split(d, dim=-1)  # [b, d] each
+        k = torch.cat([slot_k[:, None], k], dim=1)  # the slot first, then the tokens
+        v = torch.cat([slot_v[:, None], v], dim=1)
+
+        def heads(z: torch.Tensor) -> torch.Tensor:
+            return z.view(b, z.shape[1], h, d // h).transpose(1, 2)
+
+        z = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
+        x = x + self.out(z.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class InversionDecoder(nn.Module):
+    """Writes an input of the probed model, conditioned on one of its activations and the site."""
+
+    def __init__(self, cfg: DecoderConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            d = cfg.d_model
+            self.start = cfg.d_vocab  # an extra token id that only ever begins the input
+            self.tok = nn.Embedding(cfg.d_vocab + 1, d)
+            self.pos = nn.Embedding(cfg.n_ctx, d)
+            self.site = nn.Embedding(cfg.n_sites, cfg.d_act)
+            self.cond_in = nn.Linear(2 * cfg.d_act, d)
+            self.cond = nn.Sequential(
+                *(_ResidualMLP(d) for _ in range(cfg.n_cond_blocks)), nn.LayerNorm(d)
+            )
+            self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.n_layers))
+            self.ln_f = nn.LayerNorm(d)
+            self.unembed = nn.Linear(d, cfg.d_vocab)
+
+    def condition(
+        self, acts: Float[torch.Tensor, "batch d_act"], sites: Int[torch.Tensor, " batch"]
+    ) -> Float[torch.Tensor, "batch d_model"]:
+        """The conditioning vector each layer's slot is projected from."""
+        return self.cond(self.cond_in(torch.cat([acts, self.site(sites)], dim=-1)))
+
+    def forward(
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        acts: Float[torch.Tensor, "batch d_act"],
+        sites: Int[torch.Tensor, " batch"],
+    ) -> Float[torch.Tensor, "batch pos d_vocab"]:
+        """Logits for each position of ``tokens`` from the tokens before it (position 0 from the
+        conditioning alone): teacher forcing over the whole input."""
+        b, t = tokens.shape
+        if t > self.cfg.n_ctx:
+            raise ConfigError(f"the decoder writes at most {self.cfg.n_ctx} tokens, got {t}")
+        shifted = torch.cat([torch.full((b, 1), self.start, device=tokens.device), tokens[:, :-1]], 1)
+        return self._logits(shifted, self.condition(acts, sites))
+
+    def _logits(self, inputs: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        t = inputs.shape[1]
+        x = self.tok(inputs) + self.pos(torch.arange(t, device=inputs.device))
+        causal = torch.ones(t, t, dtype=torch.bool, device=inputs.device).tril()
+        mask = torch.cat([torch.ones(t, 1, dtype=torch.bool, device=inputs.device), causal], dim=1)
+        for layer in self.layers:
+            x = layer(x, cond, mask)
+        return self.unembed(self.ln_f(x))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        acts: Float[torch.Tensor, "batch d_act"],
+        sites: Int[torch.Tensor, " batch"],
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Int[torch.Tensor, "batch n_ctx"]:
+        """One input per row, written token by token at ``temperature`` (0: greedy)."""
+        if not temperature >= 0:
+            raise ConfigError(f"temperature must be ≥ 0, got {temperature!r}")
+        cond = self.condition(acts, sites)
+        b = acts.shape[0]
+        inputs = torch.full((b, 1), self.start, dtype=torch.int64, device=acts.device)
+        for _ in range(self.cfg.n_ctx):
+            logits = self._logits(inputs, cond)[:, -1]
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                probs = (logits / temperature).softmax(-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            inputs = torch.cat([inputs, nxt[:, None]], dim=1)
+        return inputs[:, 1:]
