@@ -11,6 +11,7 @@ from transformer_lens.model_bridge.sources.native import boot as boot_native
 from tinylens.analysis.inversion import (
     all_sites,
     completeness,
+    decoder_batch,
     distance,
     in_preimage,
     parse_site,
@@ -152,3 +153,37 @@ def test_bad_input_is_refused() -> None:
         preimage_distance(acts, query, positions=torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ConfigError, match="sample indices"):
         completeness(torch.zeros(5), torch.tensor([5]))
+
+
+def test_decoder_batches_hold_the_activation_at_the_drawn_site_and_position() -> None:
+    model = _model()
+    tokens = _every_question()
+    sites = [parse_site(n, model) for n in ("embed", "L0.head2", "L1.resid_post")]
+    allowed = torch.zeros_like(tokens, dtype=torch.bool)
+    allowed[:, [0, 2]] = True  # the operands only
+    batch = decoder_batch(model, tokens, sites, torch.Generator().manual_seed(0), positions=allowed)
+    assert set(batch.positions.tolist()) == {0, 2} and set(batch.sites.tolist()) == {0, 1, 2}
+    for i in range(0, 100, 7):  # brute force: the activation the model gives at that site and place
+        site = sites[int(batch.sites[i])]
+        expected = site_activations(model, tokens[i : i + 1], site)[0, int(batch.positions[i])]
+        torch.testing.assert_close(batch.acts[i], expected.float())
+    again = decoder_batch(model, tokens, sites, torch.Generator().manual_seed(0), positions=allowed)
+    assert torch.equal(again.acts, batch.acts)  # seeded
+    weighted = decoder_batch(
+        model,
+        tokens,
+        sites,
+        torch.Generator().manual_seed(1),
+        site_weights=torch.tensor([0.0, 0.0, 1.0]),
+    )
+    assert set(weighted.sites.tolist()) == {2}
+    null = decoder_batch(
+        model, tokens, sites, torch.Generator().manual_seed(2), null_position=3, null_frac=1.0
+    )
+    assert set(null.positions.tolist()) == {3}
+    with pytest.raises(ConfigError, match="at least one site"):
+        decoder_batch(model, tokens, [], torch.Generator())
+    with pytest.raises(ConfigError, match="needs a null_position"):
+        decoder_batch(model, tokens, sites, torch.Generator(), null_frac=0.1)
+    with pytest.raises(ConfigError, match="site_weights"):
+        decoder_batch(model, tokens, sites, torch.Generator(), site_weights=torch.zeros(3))

@@ -40,9 +40,11 @@ from tinylens.analysis.heads import Head, ablate_heads, allowed_rate, rank_heads
 from tinylens.analysis.inversion import (
     EPSILON,
     Completeness,
+    DecoderBatch,
     ProbeSite,
     all_sites,
     completeness,
+    decoder_batch,
     in_preimage,
     parse_site,
     preimage_distance,
@@ -176,6 +178,8 @@ __all__ = [
     "EPSILON",
     "completeness",
     "Completeness",
+    "decoder_batch",
+    "DecoderBatch",
     # stable regions: interpolation between prompt pairs' activations
     "interpolate",
     "RegionCurves",

@@ -148,6 +148,77 @@ def site_activations(
     return torch.cat(parts)
 
 
+@dataclass(frozen=True)
+class DecoderBatch:
+    """Training pairs for a decoder: each input with one of its activations and where it was read."""
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    """The inputs the decoder learns to write."""
+    acts: Float[torch.Tensor, "batch d_model"]
+    sites: Int[torch.Tensor, " batch"]
+    """Index into the list of sites the batch was drawn from."""
+    positions: Int[torch.Tensor, " batch"]
+    """The position each activation was read at."""
+
+
+@no_type_check  # checks its own inputs with tinylens errors
+def decoder_batch(
+    model: HookedModel,
+    tokens: Int[torch.Tensor, "batch pos"],
+    sites: list[ProbeSite],
+    generator: torch.Generator,
+    *,
+    positions: Bool[torch.Tensor, "batch pos"] | None = None,
+    site_weights: Float[torch.Tensor, " site"] | None = None,
+    null_position: int | None = None,
+    null_frac: float = 0.0,
+) -> DecoderBatch:
+    """Pairs (input, activation at a random site and position), made on the fly from the model.
+
+    Args:
+        model: the probed model.
+        tokens: the inputs.
+        sites: the sites a decoder is trained on; each row draws one by ``site_weights``
+            (default uniform).
+        generator: seeds every draw.
+        positions: where activations may be read, per row (default everywhere); the paper reads
+            counting at the query letter and ``:`` only.
+        null_position: a position whose activation carries no information about the input (the
+            paper's BOS), used for ``null_frac`` of the rows so the decoder learns the prior.
+        null_frac: share of rows read at ``null_position``.
+
+    Raises:
+        ConfigError: no sites, a row with no allowed position, bad weights or null settings.
+    """
+    n, seq = tokens.shape
+    if not sites:
+        raise ConfigError("a decoder batch needs at least one site")
+    if positions is None:
+        positions = torch.ones(n, seq, dtype=torch.bool)
+    if positions.shape != tokens.shape or not bool(positions.any(1).all()):
+        raise ConfigError("positions must be a [batch, pos] mask with at least one position per row")
+    weights = torch.ones(len(sites)) if site_weights is None else site_weights.double()
+    if weights.shape != (len(sites),) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        raise ConfigError(f"site_weights must be {len(sites)} non-negative weights, not all zero")
+    if not 0.0 <= null_frac <= 1.0 or (null_frac > 0 and null_position is None):
+        raise ConfigError("null_frac must be in [0, 1], and needs a null_position when above 0")
+    site = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
+    # a uniform allowed position per row: the largest random key among the allowed ones
+    keys = torch.rand(n, seq, generator=generator).masked_fill(~positions, -1.0)
+    position = keys.argmax(1)
+    if null_position is not None and null_frac > 0:
+        null = torch.rand(n, generator=generator) < null_frac
+        position = torch.where(null, torch.full_like(position, null_position % seq), position)
+    acts = torch.empty(n, int(model.cfg.d_model))
+    for i, s in enumerate(sites):
+        rows = (site == i).nonzero().flatten()
+        if len(rows):
+            acts[rows] = site_activations(model, tokens[rows], s)[
+                torch.arange(len(rows)), position[rows]
+            ].float()
+    return DecoderBatch(tokens, acts, site, position)
+
+
 @no_type_check  # checks its own inputs with tinylens errors
 def distance(
     z: Float[torch.Tensor, "*rows d"], query: Float[torch.Tensor, " d"], metric: Metric = "l2"
