@@ -14,6 +14,7 @@ from tinylens.analysis.inversion import (
     decoder_batch,
     distance,
     in_preimage,
+    invert,
     parse_site,
     preimage_distance,
     site_activations,
@@ -187,3 +188,41 @@ def test_decoder_batches_hold_the_activation_at_the_drawn_site_and_position() ->
         decoder_batch(model, tokens, sites, torch.Generator(), null_frac=0.1)
     with pytest.raises(ConfigError, match="site_weights"):
         decoder_batch(model, tokens, sites, torch.Generator(), site_weights=torch.zeros(3))
+
+
+class _Recorder:
+    """A stand-in decoder: writes rows of a fixed pool in turn and records what it was asked."""
+
+    def __init__(self, pool: torch.Tensor) -> None:
+        self.pool, self.calls = pool, []
+
+    def sample(self, acts, sites, *, temperature=1.0, generator=None):
+        self.calls.append((acts.clone(), sites.clone(), temperature))
+        picks = torch.randint(0, len(self.pool), (len(acts),), generator=generator)
+        return self.pool[picks]
+
+
+def test_invert_verifies_merges_and_sorts_the_written_inputs() -> None:
+    model = _model()
+    every = _every_question()
+    site = parse_site("L0.resid_post", model)
+    query = site_activations(model, every[37:38], site)[0, 2]
+    pool = every[[37, 5, 90, 36, 73]]
+    decoder = _Recorder(pool)
+    got = invert(
+        model, decoder, query, site, 1, torch.Generator().manual_seed(0), per_setting=16, epsilon=0.05
+    )
+    assert [call[2] for call in decoder.calls] == [0.5, 1.0, 2.0, 2.0]
+    assert all(torch.equal(call[1], torch.ones(16, dtype=torch.int64)) for call in decoder.calls)
+    assert torch.equal(decoder.calls[0][0], query.float().expand(16, -1))  # no noise
+    assert not torch.equal(decoder.calls[3][0], query.float().expand(16, -1))  # σ = 0.1 · std
+    assert int(got.counts.sum()) == 64 and len(got.tokens) == len(torch.unique(got.tokens, dim=0))
+    assert torch.equal(got.distances, got.distances.sort().values)
+    for row, d in zip(got.tokens, got.distances, strict=True):  # brute force, per candidate
+        acts = site_activations(model, row[None], site)[0]
+        assert float(d) == pytest.approx(min(float((a - query).norm() / query.norm()) for a in acts))
+    assert torch.equal(got.tokens[0], every[37]) and float(got.distances[0]) == 0.0
+    inside = got.counts[got.distances < 0.05].sum()
+    assert got.share_inside == pytest.approx(float(inside) / 64)
+    with pytest.raises(ConfigError, match="ε must be"):
+        invert(model, decoder, query, site, 1, torch.Generator(), epsilon=0.0)

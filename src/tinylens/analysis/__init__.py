@@ -39,13 +39,17 @@ from tinylens.analysis.graph import ComponentGraph, GraphRun, Input, Node, NodeO
 from tinylens.analysis.heads import Head, ablate_heads, allowed_rate, rank_heads
 from tinylens.analysis.inversion import (
     EPSILON,
+    SETTINGS,
     Completeness,
     DecoderBatch,
+    InversionSamples,
     ProbeSite,
+    Sampler,
     all_sites,
     completeness,
     decoder_batch,
     in_preimage,
+    invert,
     parse_site,
     preimage_distance,
     site_activations,
@@ -180,6 +184,10 @@ __all__ = [
     "Completeness",
     "decoder_batch",
     "DecoderBatch",
+    "invert",
+    "InversionSamples",
+    "Sampler",
+    "SETTINGS",
     # stable regions: interpolation between prompt pairs' activations
     "interpolate",
     "RegionCurves",

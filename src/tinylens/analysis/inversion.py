@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args, no_type_check
+from typing import Literal, Protocol, get_args, no_type_check
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -270,6 +271,107 @@ def in_preimage(
 ) -> Bool[torch.Tensor, " cand"]:
     """Which candidates lie inside the ε-preimage (D < ε)."""
     return distances < check_epsilon(epsilon)
+
+
+class Sampler(Protocol):
+    """A conditional decoder: writes inputs given activations and site indices."""
+
+    def sample(
+        self,
+        acts: torch.Tensor,
+        sites: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor: ...
+
+
+SETTINGS: tuple[tuple[float, float], ...] = ((0.5, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 0.1))
+"""The paper's (temperature, noise) settings; noise is Gaussian with σ = noise · std(query)."""
+
+
+@dataclass(frozen=True)
+class InversionSamples:
+    """The distinct inputs a decoder wrote for one query, nearest first."""
+
+    tokens: Int[torch.Tensor, "sample pos"]
+    distances: Float[torch.Tensor, " sample"]
+    """D to the query, the minimum over each input's (allowed) positions."""
+    counts: Int[torch.Tensor, " sample"]
+    """How often each input was written."""
+    epsilon: float
+
+    @property
+    def inside(self) -> Bool[torch.Tensor, " sample"]:
+        return self.distances < self.epsilon
+
+    @property
+    def share_inside(self) -> float:
+        """Share of all written inputs (duplicates counted) inside the ε-preimage."""
+        total = int(self.counts.sum())
+        return float(self.counts[self.inside].sum()) / total if total else math.nan
+
+
+@no_type_check  # checks its own inputs with tinylens errors
+def invert(
+    model: HookedModel,
+    decoder: Sampler,
+    query: Float[torch.Tensor, " d_model"],
+    site: ProbeSite,
+    site_index: int,
+    generator: torch.Generator,
+    *,
+    per_setting: int = 64,
+    settings: tuple[tuple[float, float], ...] = SETTINGS,
+    epsilon: float = EPSILON,
+    metric: Metric = "l2",
+    allowed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> InversionSamples:
+    """Sample inputs for a query activation and keep each with its true distance.
+
+    Every (temperature, noise) setting writes ``per_setting`` inputs from the query (plus noise);
+    each is re-run through the probed model at the site, its distance taken as the minimum over its
+    positions (those ``allowed(tokens)`` marks, default all), duplicates merged.
+
+    Args:
+        model: the probed model.
+        decoder: a decoder trained on this model's sites.
+        query: the activation to invert.
+        site: where it was read; ``site_index`` is that site's index for the decoder.
+        generator: seeds the noise and the sampling.
+        per_setting: inputs written per setting.
+        settings: (temperature, noise) pairs.
+        epsilon: the preimage's threshold (> 0).
+        metric: ``l2`` or ``cosine``.
+        allowed: ``tokens → [batch, pos]`` mask of the positions a candidate may match at.
+
+    Raises:
+        ConfigError: ε ≤ 0, no settings, a non-positive ``per_setting`` or a negative noise.
+    """
+    epsilon = check_epsilon(epsilon)
+    if (
+        not settings
+        or isinstance(per_setting, bool)
+        or not isinstance(per_setting, int)
+        or per_setting < 1
+    ):
+        raise ConfigError("invert needs at least one (temperature, noise) setting and per_setting ≥ 1")
+    std = float(query.std())
+    written = []
+    for temperature, noise in settings:
+        if noise < 0:
+            raise ConfigError(f"noise must be ≥ 0, got {noise}")
+        acts = query.float().expand(per_setting, -1).clone()
+        if noise:
+            acts += noise * std * torch.randn(acts.shape, generator=generator)
+        sites = torch.full((per_setting,), site_index, dtype=torch.int64)
+        written.append(decoder.sample(acts, sites, temperature=temperature, generator=generator))
+    distinct, counts = torch.unique(torch.cat(written), dim=0, return_counts=True)
+    acts = site_activations(model, distinct, site)
+    mask = None if allowed is None else allowed(distinct)
+    distances = preimage_distance(acts, query.to(acts.dtype), metric=metric, positions=mask)
+    order = distances.argsort()
+    return InversionSamples(distinct[order], distances[order], counts[order], epsilon)
 
 
 @dataclass(frozen=True)
