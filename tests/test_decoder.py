@@ -86,3 +86,17 @@ def test_bad_shapes_and_settings_are_refused() -> None:
         decoder(torch.cat([tokens, tokens], 1), acts, sites)
     with pytest.raises(ConfigError, match="temperature"):
         decoder.sample(acts, sites, temperature=-1.0)
+
+
+def test_cached_sampling_writes_what_recomputing_the_prefix_writes() -> None:
+    decoder = InversionDecoder(CFG, seed=4).double().eval()
+    _, acts, sites = _inputs(batch=6, seed=5)
+    acts = acts.double()
+    for temperature in (0.0, 1.0, 2.0):
+        fast = decoder.sample(
+            acts, sites, temperature=temperature, generator=torch.Generator().manual_seed(7)
+        )
+        slow = decoder.sample(
+            acts, sites, temperature=temperature, generator=torch.Generator().manual_seed(7), cache=False
+        )
+        assert torch.equal(fast, slow), temperature

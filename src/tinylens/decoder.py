@@ -92,20 +92,38 @@ class _Layer(nn.Module):
         self.ln2 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.n_heads
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        slot_k, slot_v = self.slot_kv(cond).split(d, dim=-1)  # [b, d] each
-        k = torch.cat([slot_k[:, None], k], dim=1)  # the slot first, then the tokens
-        v = torch.cat([slot_v[:, None], v], dim=1)
+    def _heads(self, z: torch.Tensor) -> torch.Tensor:
+        b, t, d = z.shape
+        return z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
 
-        def heads(z: torch.Tensor) -> torch.Tensor:
-            return z.view(b, z.shape[1], h, d // h).transpose(1, 2)
-
-        z = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
-        x = x + self.out(z.transpose(1, 2).reshape(b, t, d))
+    def _finish(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = z.shape
+        x = x + self.out(z.transpose(1, 2).reshape(b, t, x.shape[-1]))
         return x + self.mlp(self.ln2(x))
+
+    def slot(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditioning slot's key and value, ``[b, head, 1, d_head]`` each."""
+        slot_k, slot_v = self.slot_kv(cond).split(cond.shape[-1], dim=-1)
+        return self._heads(slot_k[:, None]), self._heads(slot_v[:, None])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        slot_k, slot_v = self.slot(cond)
+        k = torch.cat([slot_k, self._heads(k)], dim=2)  # the slot first, then the tokens
+        v = torch.cat([slot_v, self._heads(v)], dim=2)
+        return self._finish(x, F.scaled_dot_product_attention(self._heads(q), k, v, attn_mask=mask))
+
+    def step(
+        self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One new position ``x`` ``[b, 1, d]`` attending to the cached keys and values (the slot
+        and every earlier position) and itself; returns its output and the grown cache."""
+        q, k, v = self.qkv(self.ln1(x)).split(x.shape[-1], dim=-1)
+        keys = torch.cat([cache[0], self._heads(k)], dim=2)
+        values = torch.cat([cache[1], self._heads(v)], dim=2)
+        z = F.scaled_dot_product_attention(self._heads(q), keys, values)
+        return self._finish(x, z), (keys, values)
 
 
 class InversionDecoder(nn.Module):
@@ -166,15 +184,28 @@ class InversionDecoder(nn.Module):
         *,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        cache: bool = True,
     ) -> Int[torch.Tensor, "batch n_ctx"]:
-        """One input per row, written token by token at ``temperature`` (0: greedy)."""
+        """One input per row, written token by token at ``temperature`` (0: greedy).
+
+        Each step runs only the new position, attending to the keys and values cached from the
+        earlier ones (``cache=False`` recomputes the whole prefix each step: the reference the
+        cached path is tested against).
+        """
         if not temperature >= 0:
             raise ConfigError(f"temperature must be ≥ 0, got {temperature!r}")
         cond = self.condition(acts, sites)
         b = acts.shape[0]
         inputs = torch.full((b, 1), self.start, dtype=torch.int64, device=acts.device)
-        for _ in range(self.cfg.n_ctx):
-            logits = self._logits(inputs, cond)[:, -1]
+        caches = [layer.slot(cond) for layer in self.layers]
+        for position in range(self.cfg.n_ctx):
+            if cache:
+                x = self.tok(inputs[:, -1:]) + self.pos.weight[position]
+                for i, layer in enumerate(self.layers):
+                    x, caches[i] = layer.step(x, caches[i])
+                logits = self.unembed(self.ln_f(x))[:, -1]
+            else:
+                logits = self._logits(inputs, cond)[:, -1]
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
