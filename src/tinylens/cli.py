@@ -30,6 +30,7 @@ from tinylens.model import load_pretrained
 from tinylens.store import DEFAULT_WORKSPACE, Workspace
 from tinylens.studies import STUDIES, run_study
 from tinylens.studies.regions import read_prompts, tokenize_prompts
+from tinylens.studies.regions_analyses import BOUNDARY, SAME_REGION
 from tinylens.tasks import TASKS, Task
 
 app = typer.Typer(
@@ -216,8 +217,8 @@ def regions(
         "pairs": len(tokens) - 1,
         "dropped": curves.dropped,
         "median": float(torch.tensor(sharpness).median()) if sharpness else math.nan,
-        "same_region": sum(v < 1.2 for v in sharpness),
-        "boundary": sum(v > 10 for v in sharpness),
+        "same_region": sum(v < SAME_REGION for v in sharpness),
+        "boundary": sum(v > BOUNDARY for v in sharpness),
     }
     if as_json:
         print(
@@ -234,7 +235,11 @@ def regions(
         )
         return
     table = Table(
-        "pairs", "dropped (d(1) ≈ 0)", "median sharpness", "< 1.2 (one region)", "> 10 (boundary)"
+        "pairs",
+        "dropped (d(1) ≈ 0)",
+        "median sharpness",
+        f"< {SAME_REGION} (one region)",
+        f"> {BOUNDARY:g} (boundary)",
     )
     table.add_row(*(str(v) if not isinstance(v, float) else f"{v:.2f}" for v in summary.values()))
     out.print(f"{write_hook} → {curves.read_hook}, {mode} paths of {steps} steps")

@@ -301,29 +301,27 @@ def measure(ctx: StudyContext, cfg: RegionsStudyConfig) -> RegionsResult:
         m = run_cfg.model
         trained = ctx.trained(run_cfg, f"d_model {m.d_model} model")
         run = trained.run
-        training = []
-        init_model = None
-        for step in run.checkpoint_steps():
-            model = (
-                trained.model
-                if step == trained.step
-                else runs.load_trained(ctx.workspace, run.name, step).model
-            )
-            training.append(Checkpoint(step, an.sharpness_of(model, pairs, **kw)))
-            if step == 0:
-                init_model = model
-        if init_model is None:
-            raise ConfigError(
-                f"run {run.name} has no step-0 checkpoint to serve as the random-init control"
-            )
         seed = derive_seed(cfg.seed, "regions-baseline")
+        # the model at its initialisation (step 0) is the random-init control
+        init_model = runs.load_trained(ctx.workspace, run.name, 0).model
+        trained_regions = an.measure_model(trained.model, pairs, seed=seed, **kw)
+        init_regions = an.measure_model(init_model, pairs, seed=seed, **kw)
+        measured = {0: init_regions, trained.step: trained_regions}
+        training = []
+        for step in run.checkpoint_steps():
+            if step in measured:  # already measured in full: reuse its consecutive pairs
+                sharpness = {metric: measured[step].of("all", metric) for metric in an.METRICS}
+            else:
+                model = runs.load_trained(ctx.workspace, run.name, step).model
+                sharpness = an.sharpness_of(model, pairs, **kw)
+            training.append(Checkpoint(step, sharpness))
         sizes.append(
             SizeRegions(
                 name=f"d_model {m.d_model}",
                 d_model=m.d_model,
                 n_params=parameter_count(m),
-                trained=an.measure_model(trained.model, pairs, seed=seed, **kw),
-                init=an.measure_model(init_model, pairs, seed=seed, **kw),
+                trained=trained_regions,
+                init=init_regions,
                 training=tuple(training),
                 slice=an.slice_of(
                     trained.model, pairs, steps=cfg.slice_steps, write_hook=cfg.write_hook

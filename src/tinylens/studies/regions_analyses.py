@@ -20,6 +20,7 @@ from tinylens.analysis import (
     RegionCurves,
     boundary_sharpness,
     interpolate,
+    normalise,
     plane_slice,
     random_directions,
     residual_at,
@@ -257,9 +258,7 @@ class ModelRegions:
 
 def metric_sharpness(curves: RegionCurves) -> dict[str, tuple[Sharpness, torch.Tensor]]:
     """Metric → (sharpness, normalised curves of the kept pairs) of one interpolation."""
-    kl = curves.kl
-    kept = kl[:, -1] > MIN_KL
-    kl_normalised = kl[kept] / kl[kept][:, -1:]
+    kept, kl_normalised = normalise(curves.kl, MIN_KL)
     return {
         "l2": (Sharpness([float(v) for v in curves.sharpness], curves.dropped), curves.normalised),
         "kl": (

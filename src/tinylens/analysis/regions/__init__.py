@@ -178,8 +178,7 @@ def interpolate(
         model, prompts_a, prompts_b, targets, write_hook, read_hook, steps, mode, position, method,
         batch_size, distances,
     )  # fmt: skip
-    kept = l2[:, -1] > min_distance
-    normalised = l2[kept] / l2[kept][:, -1:]
+    kept, normalised = normalise(l2, min_distance)
     return RegionCurves(
         alphas=alphas,
         l2=l2,
@@ -192,6 +191,15 @@ def interpolate(
         read_hook=read_hook,
         mode=mode,
     )
+
+
+def normalise(
+    distances: Float[torch.Tensor, "pair step"], min_distance: float
+) -> tuple[torch.Tensor, Float[torch.Tensor, "kept step"]]:
+    """The pairs whose distance at α = 1 exceeds ``min_distance`` (bool ``[pair]``) and their curves
+    divided by that end value, so every kept curve ends at 1."""
+    kept = distances[:, -1] > min_distance
+    return kept, distances[kept] / distances[kept][:, -1:]
 
 
 def boundary_sharpness(normalised: Float[torch.Tensor, "pair step"]) -> Float[torch.Tensor, " pair"]:
@@ -414,6 +422,7 @@ def _path(act_a, act_b, targets, steps, mode, write_hook):
 
 
 __all__ = [
+    "normalise",
     "RegionCurves",
     "RegionSlice",
     "boundary_sharpness",
