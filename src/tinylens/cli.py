@@ -23,6 +23,7 @@ from typer._click import exceptions as click_errors  # Typer's own copy of click
 
 from tinylens import runs as runs_api
 from tinylens.analysis import interpolate
+from tinylens.cli_invert import invert_app
 from tinylens.config import PRESETS, derive_seed, make_run_config, read_overrides
 from tinylens.errors import Interrupted, TinylensError
 from tinylens.evaluation import EVAL_BATCH, EvalResult, EvalTally, greedy_answer
@@ -40,6 +41,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(invert_app, name="invert")
 out = Console()
 err = Console(stderr=True)
 

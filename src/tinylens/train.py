@@ -24,6 +24,7 @@ last good state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -33,6 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -82,6 +84,34 @@ def checkpoint_steps(cfg: TrainConfig) -> set[int]:
     """Init, last, and ``n_checkpoints`` log-spaced steps in between."""
     spaced = np.unique(np.round(np.geomspace(1, cfg.steps, max(cfg.n_checkpoints, 1))))
     return {0, cfg.steps} | {int(s) for s in spaced if cfg.n_checkpoints}
+
+
+@runtime_checkable
+class Stoppable(Protocol):
+    """A training loop that checks ``_stop_requested`` between steps."""
+
+    _stop_requested: bool
+
+
+@contextmanager
+def interrupt_requests_stop(loop: Stoppable) -> Iterator[None]:
+    """While active, the first Ctrl-C sets ``loop._stop_requested`` (the loop finishes its step,
+    saves and stops); a second one raises KeyboardInterrupt at once. Off the main thread, where
+    signals cannot be handled, it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if loop._stop_requested:
+            raise KeyboardInterrupt
+        loop._stop_requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Trainer:
@@ -314,23 +344,8 @@ class Trainer:
         ]
         return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2))
 
-    @contextmanager
-    def _sigint_sets_flag(self) -> Iterator[None]:
-        """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: object) -> None:
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    def _sigint_sets_flag(self) -> contextlib.AbstractContextManager[None]:
+        return interrupt_requests_stop(self)
 
     @contextmanager
     def _progress(self) -> Iterator[tuple[Progress, int]]:

@@ -15,6 +15,7 @@ from tinylens.analysis.inversion import (
     distance,
     in_preimage,
     invert,
+    null_activations,
     parse_site,
     preimage_distance,
     site_activations,
@@ -178,14 +179,25 @@ def test_decoder_batches_hold_the_activation_at_the_drawn_site_and_position() ->
         site_weights=torch.tensor([0.0, 0.0, 1.0]),
     )
     assert set(weighted.sites.tolist()) == {2}
+    constant = null_activations(model, tokens, sites, allowed)
+    for i, site in enumerate(sites):  # brute force: the mean over every input at the operands
+        acts = site_activations(model, tokens, site)[:, [0, 2]].float()
+        torch.testing.assert_close(constant[i], acts.reshape(-1, acts.shape[-1]).mean(0))
     null = decoder_batch(
-        model, tokens, sites, torch.Generator().manual_seed(2), null_position=3, null_frac=1.0
+        model, tokens, sites, torch.Generator().manual_seed(2), null_acts=constant, null_frac=1.0
     )
-    assert set(null.positions.tolist()) == {3}
+    assert set(null.positions.tolist()) == {-1}
+    torch.testing.assert_close(null.acts, constant[null.sites])
+    some = decoder_batch(
+        model, tokens, sites, torch.Generator().manual_seed(2), null_acts=constant, null_frac=0.3
+    )
+    assert 10 < int((some.positions == -1).sum()) < 50
     with pytest.raises(ConfigError, match="at least one site"):
         decoder_batch(model, tokens, [], torch.Generator())
-    with pytest.raises(ConfigError, match="needs a null_position"):
+    with pytest.raises(ConfigError, match="needs null_acts"):
         decoder_batch(model, tokens, sites, torch.Generator(), null_frac=0.1)
+    with pytest.raises(ConfigError, match="one per site"):
+        decoder_batch(model, tokens, sites, torch.Generator(), null_acts=constant[:2], null_frac=0.1)
     with pytest.raises(ConfigError, match="site_weights"):
         decoder_batch(model, tokens, sites, torch.Generator(), site_weights=torch.zeros(3))
 

@@ -159,7 +159,8 @@ class DecoderBatch:
     sites: Int[torch.Tensor, " batch"]
     """Index into the list of sites the batch was drawn from."""
     positions: Int[torch.Tensor, " batch"]
-    """The position each activation was read at."""
+    """The position each activation was read at; -1 for a row given the site's no-information
+    activation."""
 
 
 @no_type_check  # checks its own inputs with tinylens errors
@@ -171,7 +172,7 @@ def decoder_batch(
     *,
     positions: Bool[torch.Tensor, "batch pos"] | None = None,
     site_weights: Float[torch.Tensor, " site"] | None = None,
-    null_position: int | None = None,
+    null_acts: Float[torch.Tensor, "site d_model"] | None = None,
     null_frac: float = 0.0,
 ) -> DecoderBatch:
     """Pairs (input, activation at a random site and position), made on the fly from the model.
@@ -184,9 +185,10 @@ def decoder_batch(
         generator: seeds every draw.
         positions: where activations may be read, per row (default everywhere); the paper reads
             counting at the query letter and ``:`` only.
-        null_position: a position whose activation carries no information about the input (the
-            paper's BOS), used for ``null_frac`` of the rows so the decoder learns the prior.
-        null_frac: share of rows read at ``null_position``.
+        null_acts: per site, an activation that carries no information about the input (see
+            :func:`null_activations`), given to ``null_frac`` of the rows so the decoder learns
+            the prior it is compared against.
+        null_frac: share of rows given ``null_acts``.
 
     Raises:
         ConfigError: no sites, a row with no allowed position, bad weights or null settings.
@@ -201,23 +203,53 @@ def decoder_batch(
     weights = torch.ones(len(sites)) if site_weights is None else site_weights.double()
     if weights.shape != (len(sites),) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
         raise ConfigError(f"site_weights must be {len(sites)} non-negative weights, not all zero")
-    if not 0.0 <= null_frac <= 1.0 or (null_frac > 0 and null_position is None):
-        raise ConfigError("null_frac must be in [0, 1], and needs a null_position when above 0")
+    if not 0.0 <= null_frac <= 1.0 or (null_frac > 0 and null_acts is None):
+        raise ConfigError("null_frac must be in [0, 1], and needs null_acts when above 0")
+    d_model = int(model.cfg.d_model)
+    if null_acts is not None and null_acts.shape != (len(sites), d_model):
+        raise ConfigError(
+            f"null_acts must have shape [{len(sites)}, {d_model}] (one per site), "
+            f"got {list(null_acts.shape)}"
+        )
     site = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
     # a uniform allowed position per row: the largest random key among the allowed ones
     keys = torch.rand(n, seq, generator=generator).masked_fill(~positions, -1.0)
     position = keys.argmax(1)
-    if null_position is not None and null_frac > 0:
+    null = torch.zeros(n, dtype=torch.bool)
+    if null_acts is not None and null_frac > 0:
         null = torch.rand(n, generator=generator) < null_frac
-        position = torch.where(null, torch.full_like(position, null_position % seq), position)
-    acts = torch.empty(n, int(model.cfg.d_model))
+    acts = torch.empty(n, d_model)
     for i, s in enumerate(sites):
-        rows = (site == i).nonzero().flatten()
+        rows = ((site == i) & ~null).nonzero().flatten()
         if len(rows):
             acts[rows] = site_activations(model, tokens[rows], s)[
                 torch.arange(len(rows)), position[rows]
             ].float()
-    return DecoderBatch(tokens, acts, site, position)
+    if bool(null.any()):
+        assert null_acts is not None
+        acts[null] = null_acts.float()[site[null]]
+    return DecoderBatch(tokens, acts, site, torch.where(null, -1, position))
+
+
+@no_type_check  # checks its own inputs with tinylens errors
+def null_activations(
+    model: HookedModel,
+    tokens: Int[torch.Tensor, "batch pos"],
+    sites: list[ProbeSite],
+    positions: Bool[torch.Tensor, "batch pos"] | None = None,
+) -> Float[torch.Tensor, "site d_model"]:
+    """Per site, the mean activation over ``tokens`` at the ``positions`` marked (default all).
+
+    A constant per site, so it tells a decoder nothing about any one input: the "no information"
+    activation that likelihood shifts are measured against. (The paper uses the activation at the
+    BOS token, also a constant under causal attention; a mean stays within the distribution the
+    decoder is trained on, where a BOS head output need not.)
+    """
+    if positions is None:
+        positions = torch.ones(tokens.shape, dtype=torch.bool)
+    if positions.shape != tokens.shape or not bool(positions.any()):
+        raise ConfigError("positions must be a [batch, pos] mask marking at least one position")
+    return torch.stack([site_activations(model, tokens, s)[positions].float().mean(0) for s in sites])
 
 
 @no_type_check  # checks its own inputs with tinylens errors

@@ -1,0 +1,250 @@
+"""Decoder runs: training for any run, resuming bit-identically, reuse, and the `invert` commands."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinylens import decoder_runs
+from tinylens.analysis.inversion import EPSILON
+from tinylens.cli import main
+from tinylens.config import make_run_config
+from tinylens.decoder_runs import (
+    DecoderRunConfig,
+    DecoderTrainConfig,
+    DecoderTrainer,
+    decoder_run_config,
+    decoder_runs_for,
+    load_decoder,
+    train_decoder,
+)
+from tinylens.errors import CheckpointError, ConfigError
+from tinylens.runs import load_trained, train
+from tinylens.store import Workspace, load_tensors
+
+from .helpers import run_cfg
+
+SITES = ("embed", "L0.head1", "L0.resid_post")
+
+
+def _train_cfg(**overrides: object) -> DecoderTrainConfig:
+    base: dict[str, object] = {
+        "steps": 12,
+        "batch_size": 16,
+        "eval_every": 6,
+        "eval_queries": 2,
+        "eval_per_setting": 2,
+        "save_every": 3,
+        "log_every": 2,
+        "warmup_steps": 2,
+        "precision": "fp32",
+    }
+    return DecoderTrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def _config(probed, **train: object) -> DecoderRunConfig:
+    return decoder_run_config(
+        probed, sites=SITES, train=_train_cfg(**train), d_model=32, n_layers=1, n_cond_blocks=1
+    )
+
+
+@pytest.fixture(scope="module")
+def probed_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, str]:
+    ws = Workspace(tmp_path_factory.mktemp("probed"))
+    return ws, train(ws, run_cfg(steps=30), progress=False).run
+
+
+def _decoder_weights(ws: Workspace, name: str) -> dict[str, torch.Tensor]:
+    run = ws.run(name)
+    tensors, _ = load_tensors(run.checkpoint_file(), kind=decoder_runs.DECODER_KIND)
+    return tensors
+
+
+def test_a_decoder_run_trains_logs_per_site_and_opens_again(probed_ws) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    cfg = _config(probed)
+    result = train_decoder(ws, probed, cfg, progress=False)
+    assert (result.status, result.step) == ("done", 12)
+    assert set(result.inside) == set(SITES)
+    assert all(0.0 <= v <= 1.0 for v in result.inside.values())
+    assert ws.info(result.run).kind == "decoder" and ws.info(result.run).status == "done"
+    assert ws.run(result.run).checkpoint_steps() == [6, 12]
+    metrics = ws.run(result.run).metrics()
+    assert {f"eval/inside/{s}" for s in SITES} <= set(metrics)
+    assert len(metrics["train/loss"].steps) == 6
+    assert decoder_runs_for(ws, name) == [result.run]
+    trained = load_decoder(ws, probed)
+    assert trained.step == 12 and trained.null_acts.shape == (3, int(probed.model.cfg.d_model))
+    assert trained.site_index("L0.resid_post") == 2
+    # a finished run is reused: nothing retrained, the same answer
+    again = train_decoder(ws, probed, cfg, progress=False)
+    assert again.inside == result.inside and again.step == 12
+    # the decoder learned something about its inputs: its loss fell
+    assert metrics["train/loss"].values[-1] < metrics["train/loss"].values[0]
+
+
+def test_a_stopped_decoder_run_resumes_to_identical_weights(
+    probed_ws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    cfg = _config(probed, seed=3)
+    straight = train_decoder(ws, probed, cfg, "straight", progress=False)
+    original = DecoderTrainer.train_step
+
+    def step_then_ctrl_c(self: DecoderTrainer) -> None:
+        original(self)
+        if self.step == 8:  # after an evaluation (6) and between saves (every 3)
+            self._stop_requested = True
+
+    monkeypatch.setattr(DecoderTrainer, "train_step", step_then_ctrl_c)
+    stopped = train_decoder(ws, probed, cfg, "stopped", progress=False)
+    assert (stopped.status, stopped.step) == ("interrupted", 8)
+    monkeypatch.setattr(DecoderTrainer, "train_step", original)
+    resumed = train_decoder(ws, probed, cfg, "stopped", progress=False)
+    assert resumed.status == "done" and resumed.inside == straight.inside
+    a, b = _decoder_weights(ws, "straight"), _decoder_weights(ws, "stopped")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ws.run("stopped").metric_rows() == ws.run("straight").metric_rows()
+
+
+def test_reweighting_draws_the_worst_sites_more(probed_ws) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    for reweight in (True, False):
+        cfg = _config(probed, reweight=reweight, steps=6, seed=5)
+        trainer = DecoderTrainer(
+            ws.create_run(f"rw-{reweight}", cfg.to_dict(), kind="decoder"), cfg, probed, progress=False
+        )
+        trainer.fit()
+        rates = torch.tensor([trainer.inside[s] for s in SITES], dtype=torch.float64)
+        expected = 0.5 + (1 - rates) if reweight else torch.ones(3, dtype=torch.float64)
+        torch.testing.assert_close(trainer.site_weights, expected)
+
+
+def test_a_decoder_does_not_open_for_another_model(probed_ws, tmp_path: Path) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    other_name = train(ws, run_cfg(steps=10, seed=1), progress=False).run
+    other = load_trained(ws, other_name)
+    with pytest.raises(ConfigError, match="has no decoder; train one"):
+        load_decoder(ws, other)
+    decoder_name = decoder_runs_for(ws, name)[0]
+    with pytest.raises(CheckpointError, match=f"trained for run '{name}'"):
+        load_decoder(ws, other, decoder_name)
+    earlier = load_trained(ws, name, step=ws.run(name).checkpoint_steps()[1])
+    with pytest.raises(CheckpointError, match="reads checkpoint step 30"):
+        load_decoder(ws, earlier, decoder_name)
+    with pytest.raises(ConfigError, match="not a decoder run"):
+        load_decoder(ws, probed, other_name)
+    with pytest.raises(ConfigError, match=r"was not trained on site 'L0\.head0'"):
+        load_decoder(ws, probed).site_index("L0.head0")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"epsilon": 0.0}, "ε must be a number > 0"),
+        ({"epsilon": -0.1}, "ε must be a number > 0"),
+        ({"null_frac": 1.5}, "null_frac"),
+        ({"precision": "fp16"}, "precision"),
+        ({"lr": math.nan}, "lr must be a number > 0"),
+    ],
+)
+def test_bad_decoder_training_settings_are_refused(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _train_cfg(**change)
+
+
+def test_bad_sites_and_positions_are_refused(probed_ws) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    with pytest.raises(ConfigError, match="the model has heads 0–1"):
+        decoder_run_config(probed, sites=["L0.head7"])
+    with pytest.raises(ConfigError, match="distinct sites"):
+        decoder_run_config(probed, sites=["embed", "embed"])
+    with pytest.raises(ConfigError, match="outside the task's 18 positions"):
+        decoder_run_config(probed, positions=(18,))
+    assert decoder_run_config(probed, positions=(-1, 5)).positions == (5, 17)
+    with pytest.raises(ConfigError, match="not a usable decoder config"):
+        DecoderRunConfig.from_dict({"kind": "decoder", "sites": []})
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_invert_train_and_sample_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = Workspace(tmp_path)
+    run = train(ws, run_cfg(steps=20), progress=False).run
+    w = ["--workspace", str(tmp_path)]
+    code, out, err = _cli(
+        capsys, "invert", "train", run, "--sites", "embed,L0.resid_post", "--steps", "6",
+        "--d-model", "32", "--no-progress", *w,
+    )  # fmt: skip
+    assert code == 0, err
+    decoder = out.strip()
+    assert decoder_runs_for(ws, run) == [decoder] and "L0.resid_post" in err
+    question = "12345+67890=080235"
+    code, out, err = _cli(
+        capsys, "invert", "sample", run, question, "--site", "embed", "--position", "3",
+        "--per-setting", "4", "--json", *w,
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["position"] == 3 and result["written"] == 16 and result["epsilon"] == EPSILON
+    distances = [s["distance"] for s in result["samples"]]
+    assert distances == sorted(distances)
+    assert all(s["inside"] == (s["distance"] < EPSILON) for s in result["samples"])
+    # at the embedding, D = 0 exactly when the sample has the query's token at that position
+    for sample in result["samples"]:
+        assert (sample["distance"] < 1e-6) == (sample["text"][3] == question[3])
+    code, out, _ = _cli(capsys, "invert", "sample", run, question, "--site", "L0.resid_post", *w)
+    assert code == 0 and "inside ε" in out
+
+    bad = [
+        (["--site", "L0.head0"], "was not trained on site 'L0.head0'"),
+        (["--site", "embed", "--epsilon", "0"], "ε must be a number > 0"),
+        (["--site", "embed", "--epsilon", "-0.5"], "ε must be a number > 0"),
+        (["--site", "embed", "--position", "40"], "not one the decoder was trained on"),
+        (["--site", "embed", "--decoder", run], "not a decoder run"),
+    ]
+    for extra, message in bad:
+        code, out, err = _cli(capsys, "invert", "sample", run, question, *extra, *w)
+        assert code == 2 and message in err and "Traceback" not in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1
+    code, _, err = _cli(capsys, "invert", "sample", run, "12345+6789=1", "--site", "embed", *w)
+    assert code == 2 and err.startswith("error:")
+    other = train(ws, run_cfg(steps=10, seed=1), progress=False).run
+    code, _, err = _cli(
+        capsys, "invert", "sample", other, question, "--site", "embed", "--decoder", decoder, *w
+    )
+    assert code == 2 and "does not match the probed model" in err
+
+
+def test_a_malformed_counting_string_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_run_config(
+        "counting", "inversion", steps=2, overrides={"train": {"eval_size": 16, "eval_every": 2}}
+    )
+    run = train(Workspace(tmp_path), cfg, progress=False).run
+    for text in ("vvzccvczvvvzvcvc|v8", "vvzcc|q:3", "vv1zc|v:2", ""):
+        code, _, err = _cli(
+            capsys, "invert", "sample", run, text, "--site", "embed", "--workspace", str(tmp_path)
+        )
+        assert code == 2 and err.startswith("error:") and "Traceback" not in err, (text, err)
