@@ -49,3 +49,11 @@ def regions_study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """The regions study's run folder, made once with the tiny preset (two 2-layer widths)."""
     workspace = Workspace(tmp_path_factory.mktemp("regions-study"))
     return run_study("regions", workspace, "tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def inversion_study_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The inversion study's run folder, made once with the tiny preset (two probed models and
+    two decoders, a few steps each)."""
+    workspace = Workspace(tmp_path_factory.mktemp("inversion-study"))
+    return run_study("inversion", workspace, "tiny", progress=False)

@@ -57,6 +57,8 @@ def train_command(
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps (default 3000).")] = None,
     d_model: Annotated[int, typer.Option(help="The decoder's width.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Training pairs per step.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, then cosine).")] = 2e-3,
     checkpoint: Annotated[int | None, typer.Option(help="The run's step (default: the last).")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the decoder and its training pairs.")] = 0,
     name: Annotated[
@@ -68,9 +70,8 @@ def train_command(
     """Train (or resume) a decoder for RUN and print its run name and per-site share inside ε."""
     ws = Workspace(workspace)
     probed = runs_api.load_trained(ws, run, checkpoint)
-    train = (
-        DecoderTrainConfig(seed=seed) if steps is None else DecoderTrainConfig(steps=steps, seed=seed)
-    )
+    chosen = {"seed": seed, "batch_size": batch_size, "lr": lr}
+    train = DecoderTrainConfig(**chosen, **({} if steps is None else {"steps": steps}))
     cfg = decoder_run_config(
         probed,
         sites=None if sites is None else _split(sites, "--sites"),

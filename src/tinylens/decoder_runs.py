@@ -288,8 +288,11 @@ class DecoderTrainer:
             return self._fit()
 
     def _say_waiting(self) -> None:
-        print(f"decoder run {self.run.name} is being trained by another process; waiting for it",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"decoder run {self.run.name} is being trained by another process; waiting for it",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _fit(self) -> DecoderTrainResult:
         tc = self.cfg.train

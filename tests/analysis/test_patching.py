@@ -14,6 +14,7 @@ from tinylens.analysis.patching import (
     answer_probability,
     kl_divergence,
     logit_diff,
+    patch_heads,
     patch_sweep,
 )
 from tinylens.errors import ConfigError, TokenError, UnknownNameError
@@ -272,3 +273,30 @@ def test_hook_names_of_every_site_exist(model) -> None:
             continue
         assert hook_of(0) in model.hook_dict, site
     assert hooks.resid_pre(0) in model.hook_dict
+
+
+def test_patching_heads_together_equals_the_sweep_one_at_a_time_and_the_attention_output(
+    model, prompts
+) -> None:
+    clean, corrupt = prompts["clean"], prompts["corrupt"]
+    metric = logit_diff(prompts["answer"], prompts["contrast"])
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    sweep = patch_sweep(model, clean, corrupt, metric, site="head", method="hooks")
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            got = patch_heads(model, clean, corrupt, [(layer, head)], 5, metric)
+            assert abs(got - float(sweep.raw[layer, 5, head])) < 1e-4
+    # every head of a layer at once is its whole attention output (b_O is the same in both runs)
+    whole = patch_sweep(model, clean, corrupt, metric, site="attn_out", method="hooks")
+    everything = [(n_layers - 1, h) for h in range(n_heads)]
+    assert (
+        abs(patch_heads(model, clean, corrupt, everything, 3, metric) - float(whole.raw[-1, 3])) < 1e-4
+    )
+    with pytest.raises(ConfigError, match="out of range"):
+        patch_heads(model, clean, corrupt, [(n_layers, 0)], 3, metric)
+    with pytest.raises(ConfigError, match="at least one"):
+        patch_heads(model, clean, corrupt, [], 3, metric)
+    with pytest.raises(ConfigError, match="outside the prompts"):
+        patch_heads(model, clean, corrupt, [(0, 0)], 9, metric)
+    with pytest.raises(TokenError, match="differ in shape"):
+        patch_heads(model, clean, corrupt[:, :5], [(0, 0)], 3, metric)

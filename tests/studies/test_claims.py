@@ -49,7 +49,7 @@ def test_claim_holds_only_when_every_condition_does() -> None:
 
 
 def test_every_study_is_registered_with_its_presets() -> None:
-    assert set(STUDIES) == {"addition", "maze", "regions", "seqcont"}
+    assert set(STUDIES) == {"addition", "maze", "regions", "seqcont", "inversion"}
     for study in STUDIES.values():
         assert "tiny" in study.presets and study.summary and study.title
     assert [s.name for s in STUDIES.values() if s.takes_model] == ["seqcont", "regions"]

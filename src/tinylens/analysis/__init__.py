@@ -55,6 +55,12 @@ from tinylens.analysis.inversion import (
     preimage_distance,
     site_activations,
 )
+from tinylens.analysis.inversion_scores import (
+    HypothesisScore,
+    hypothesis_score,
+    likelihood_shift,
+    token_log_likelihoods,
+)
 from tinylens.analysis.metrics import (
     FinalTokenMetric,
     Metric,
@@ -68,6 +74,7 @@ from tinylens.analysis.patching import (
     PatchingResult,
     Site,
     Source,
+    patch_heads,
     patch_sweep,
 )
 from tinylens.analysis.probes import (
@@ -111,6 +118,7 @@ __all__ = [
     "behaviour",
     # activation patching (hooks, with a fast path)
     "patch_sweep",
+    "patch_heads",
     "PatchingResult",
     "Site",
     "Direction",
@@ -188,6 +196,10 @@ __all__ = [
     "DecoderBatch",
     "invert",
     "null_activations",
+    "likelihood_shift",
+    "token_log_likelihoods",
+    "hypothesis_score",
+    "HypothesisScore",
     "InversionSamples",
     "Sampler",
     "SETTINGS",

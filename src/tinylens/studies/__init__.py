@@ -8,7 +8,7 @@ defines ``STUDY`` and one line below.
 
 from __future__ import annotations
 
-from tinylens.studies import addition, maze, regions, seqcont
+from tinylens.studies import addition, inversion, maze, regions, seqcont
 from tinylens.studies.claims import Claim, Condition
 from tinylens.studies.framework import (
     STUDIES,
@@ -23,6 +23,7 @@ register(addition.STUDY)
 register(maze.STUDY)
 register(seqcont.STUDY)
 register(regions.STUDY)
+register(inversion.STUDY)
 
 __all__ = [
     # the registry and the runner

@@ -166,7 +166,7 @@ class AdditionTask(Task):
             forced = torch.rand(n, nd, generator=generator) < self.sum9_digit_frac
             changed = torch.where(enriched & forced, 9 - a, b)
             b = torch.where(self._in_range(changed)[:, None], changed, b)
-        return self._assemble(a, b)
+        return self.assemble(a, b)
 
     def _digits(self, numbers: Int[torch.Tensor, " batch"]) -> Int[torch.Tensor, "batch column"]:
         """Numbers → their ``n_digits`` digits, column 0 = units."""
@@ -241,7 +241,7 @@ class AdditionTask(Task):
         nd = self.n_digits
         a = prompt[:, :nd].flip(1)
         b = prompt[:, nd + 1 : 2 * nd + 1].flip(1)
-        return self._assemble(a, b)
+        return self.assemble(a, b)
 
     def token_groups(self, tokens: Tokens) -> dict[str, Bool[torch.Tensor, "batch answer"]]:
         """One mask per sub-task tag (BA, UC1, US9), over answer tokens in answer order."""
@@ -279,7 +279,7 @@ class AdditionTask(Task):
                     b[row, c0] = int(torch.randint(10 - int(a[row, c0]), 10, (1,), generator=generator))
                     cols = range(c0 + 1, c0 + 1 + depth)
                     b[row, list(cols)] = 9 - a[row, list(cols)]
-            tokens = self._assemble(a, b)
+            tokens = self.assemble(a, b)
             in_range = self._in_range(a) & self._in_range(b)
             kept.append(tokens[(self.labels(tokens).case == case) & in_range])
         return torch.cat(kept)[:n]
@@ -325,7 +325,7 @@ class AdditionTask(Task):
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _assemble(
+    def assemble(
         self, a: Int[torch.Tensor, "batch column"], b: Int[torch.Tensor, "batch column"]
     ) -> Tokens:
         """Operand digits (units first) → full token sequences with the correct answer."""

@@ -126,7 +126,7 @@ class CountingTask(Task):
             query[todo] = torch.randint(0, self.n_letters, (m,), generator=generator)
             held = self._held_out(letters[todo], counts[todo], query[todo])
             todo = todo[held == train]
-        return self._layout(letters, counts, query, generator)
+        return self.layout(letters, counts, query, generator)
 
     def encode(self, text: str) -> Int[torch.Tensor, " pos"]:
         body, answer = self._split_answer(text)
@@ -229,7 +229,7 @@ class CountingTask(Task):
         key = key * self.n_letters + query_letter
         return ((key * _HASH) % 2**32) * HELD_OUT // 2**32 == 0
 
-    def _layout(
+    def layout(
         self,
         letters: torch.Tensor,
         counts: torch.Tensor,

@@ -41,6 +41,7 @@ from tinylens.analysis.metrics import (
     logit_diff,
 )
 from tinylens.analysis.patching.engine import LastPositionEngine
+from tinylens.analysis.patching.joint import patch_heads
 from tinylens.analysis.patching.sites import (
     FAST_SITES,
     HEAD_SITES,
@@ -55,6 +56,7 @@ from tinylens.analysis.patching.sweep import PatchingResult, patch_sweep
 __all__ = [
     # the sweep
     "patch_sweep",
+    "patch_heads",
     "PatchingResult",
     # its options
     "Site",
