@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from tinylens.analysis import InversionSamples
 from tinylens.store import Run
 from tinylens.studies import inversion
 from tinylens.studies import inversion_analyses as an
@@ -87,12 +88,24 @@ def test_enumerated_space_index_round_trips_and_refuses_other_inputs() -> None:
     assert bool((an._space_index(ADDITION, wrong) == -1).all())
 
 
+def test_merged_samples_sum_counts_and_keep_each_inputs_distance() -> None:
+    one = InversionSamples(torch.tensor([[1, 2], [3, 4]]), torch.tensor([0.05, 0.3]),
+                           torch.tensor([2, 1]), 0.1)  # fmt: skip
+    two = InversionSamples(torch.tensor([[3, 4], [5, 6]]), torch.tensor([0.3, 0.01]),
+                           torch.tensor([4, 1]), 0.1)  # fmt: skip
+    merged = an.merge_samples([one, two])
+    assert merged.tokens.tolist() == [[5, 6], [1, 2], [3, 4]]
+    assert merged.counts.tolist() == [1, 2, 5]
+    torch.testing.assert_close(merged.distances, torch.tensor([0.01, 0.05, 0.3]))
+    assert math.isclose(merged.share_inside, 3 / 8)
+
+
 # -- claims on hand-made results ------------------------------------------------------------------
 
 
 def _reading(site: str, position: str, share: float, hyp: dict[str, tuple[float, float]]) -> dict:
     return {"site": site, "position": position, "share_inside": share, "base_rate": 0.01,
-            "n_queries": 4, "hypotheses": hyp}  # fmt: skip
+            "n_queries": 4, "hypotheses": hyp, "by_setting": {"T=1, noise=0": share}}  # fmt: skip
 
 
 def _check(what: str, heads: list[list[int]], position: str, share: float) -> dict:
@@ -145,6 +158,15 @@ def test_claims_hold_on_a_good_result_and_fail_on_a_bad_one() -> None:
     assert all(c.control is not None for c in good)
 
 
+def test_the_embedding_does_not_count_toward_the_share_inside() -> None:
+    result = _result(False)
+    counting = copy.deepcopy(result.counting)
+    counting["readings"].append(_reading("embed", ":", 1.0, {"query letter's count": (1.0, 0.1)}))
+    counting["readings"].append(_reading("embed", "query letter", 1.0, {}))
+    claim = check_claims(InversionResult(result.config, counting, result.addition))[0]
+    assert "counting" in claim.claim and not claim.holds
+
+
 def test_a_site_the_decoder_did_not_read_is_not_measured() -> None:
     result = _result(True)
     counting = copy.deepcopy(result.counting)
@@ -178,6 +200,7 @@ def test_the_tiny_study_writes_readings_viewer_patching_completeness_and_claims(
             assert math.isclose(share, check["share"], rel_tol=1e-9)
     (point,) = addition["completeness"]
     assert point["n_samples"] >= 0 and point["preimage_size"] >= 1  # the query itself is inside
+    assert 0.0 <= point["likelihood_auroc"] <= 1.0 or math.isnan(point["likelihood_auroc"])
     assert len(run.read_result("claims")) == 8
     html = run.report_path.read_text()
     for heading in ("the viewer", "causal checks", "hypothesis scores", "completeness by enumeration"):
@@ -185,3 +208,10 @@ def test_the_tiny_study_writes_readings_viewer_patching_completeness_and_claims(
     names = " ".join(run.figure_names())
     for figure in ("counting--the-viewer", "addition--causal-checks", "completeness-by-enumeration"):
         assert figure in names, names
+
+
+def test_auroc_is_the_share_of_pairs_ranked_right() -> None:
+    assert an._auroc(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 0.0])) == 1.0
+    assert an._auroc(torch.tensor([0.0]), torch.tensor([1.0])) == 0.0
+    assert an._auroc(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 2.0])) == 0.625  # (0.5+0+1+1)/4
+    assert math.isnan(an._auroc(torch.tensor([]), torch.tensor([1.0])))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from tinylens.analysis import (
+    SETTINGS,
     InversionSamples,
     completeness,
     hypothesis_score,
@@ -117,7 +118,9 @@ class SiteReading:
     site: str
     position: str
     share_inside: float
-    """Mean over queries of the share of written samples inside ε."""
+    """Mean over queries of the share of written samples inside ε (all four settings)."""
+    by_setting: dict[str, float]
+    """The same per (temperature, noise) setting."""
     base_rate: float
     """Control: mean share of random task inputs inside ε of the same queries."""
     n_queries: int
@@ -162,21 +165,29 @@ def read_sites(
         ref_mask = allowed_positions(cfg, reference)
         for label, pos in usable.items():
             shares, bases = [], []
+            by_setting: dict[tuple[float, float], list[float]] = {st: [] for st in SETTINGS}
             scores: dict[str, list[tuple[float, float]]] = {f: [] for f in features}
             for i, query in enumerate(acts[:, pos]):
                 if float(query.norm()) == 0.0:
                     continue
-                samples = invert(
-                    model,
-                    decoder.decoder,
-                    query,
-                    site,
-                    index,
-                    rng,
-                    per_setting=per_setting,
-                    epsilon=epsilon,
-                    allowed=lambda t: allowed_positions(cfg, t),
-                )
+                per = [
+                    invert(
+                        model,
+                        decoder.decoder,
+                        query,
+                        site,
+                        index,
+                        rng,
+                        per_setting=per_setting,
+                        settings=(setting,),
+                        epsilon=epsilon,
+                        allowed=lambda t: allowed_positions(cfg, t),
+                    )
+                    for setting in SETTINGS
+                ]
+                for setting, one in zip(SETTINGS, per, strict=True):
+                    by_setting[setting].append(one.share_inside)
+                samples = merge_samples(per)
                 shares.append(samples.share_inside)
                 ref_d = preimage_distance(ref_acts, query, positions=ref_mask)
                 bases.append(float((ref_d < epsilon).float().mean()))
@@ -192,6 +203,7 @@ def read_sites(
                     site=name,
                     position=label,
                     share_inside=_mean(shares),
+                    by_setting={f"T={t:g}, noise={z:g}": _mean(v) for (t, z), v in by_setting.items()},
                     base_rate=_mean(bases),
                     n_queries=len(shares),
                     hypotheses={
@@ -201,6 +213,21 @@ def read_sites(
                 )
             )
     return readings, viewer
+
+
+def merge_samples(parts: list[InversionSamples]) -> InversionSamples:
+    """One query's samples from several calls of ``invert``: duplicates merged (counts summed),
+    nearest first. An input's distance does not depend on the call that wrote it."""
+    tokens = torch.cat([p.tokens for p in parts])
+    distinct, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+    counts = torch.zeros(len(distinct), dtype=torch.int64).scatter_add_(
+        0, inverse, torch.cat([p.counts for p in parts])
+    )
+    distances = torch.empty(len(distinct)).scatter_(
+        0, inverse, torch.cat([p.distances.float() for p in parts])
+    )
+    order = distances.argsort(stable=True)
+    return InversionSamples(distinct[order], distances[order], counts[order], parts[0].epsilon)
 
 
 def _viewer_entry(
@@ -568,6 +595,9 @@ class CompletenessPoint:
     precision: float
     preimage_size: int
     n_samples: int
+    likelihood_auroc: float
+    """How well the decoder's likelihood alone tells inputs inside ε from the random ones outside:
+    the chance that a random inside input scores above a random outside one (0.5: not at all)."""
     scatter: list[tuple[float, float, bool]]
     """(true D, decoder log-likelihood of the input in nats, sampled?) for every input inside ε
     and a random set outside, capped."""
@@ -639,6 +669,9 @@ def addition_completeness(
                     precision=score.precision,
                     preimage_size=score.preimage_size,
                     n_samples=score.n_samples,
+                    likelihood_auroc=_auroc(
+                        loglik[: len(inside)], loglik[len(inside) :][true_d[q, outside] >= epsilon]
+                    ),
                     scatter=[
                         (round(float(d), 4), round(float(ll), 3), bool(w))
                         for d, ll, w in zip(true_d[q, shown], loglik, was, strict=True)
@@ -660,6 +693,15 @@ def _space_index(task: AdditionTask, tokens: torch.Tensor) -> torch.Tensor:
     b_digits = (b.clamp(min=0)[:, None] // powers) % 10
     valid &= (task.assemble(a_digits, b_digits) == tokens).all(1)
     return torch.where(valid, (a - low) * m + (b - low), -1)
+
+
+def _auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """P(a positive scores above a negative), ties counting half (the Mann–Whitney statistic)."""
+    if not len(positive) or not len(negative):
+        return math.nan
+    above = (positive[:, None] > negative[None, :]).double().mean()
+    ties = (positive[:, None] == negative[None, :]).double().mean()
+    return float(above + 0.5 * ties)
 
 
 def _mean(values: list[float]) -> float:

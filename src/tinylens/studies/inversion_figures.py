@@ -159,16 +159,23 @@ def completeness_figure(points: list[dict[str, Any]], epsilon: float) -> Figure:
 
 
 def _viewer_entries(part: dict[str, Any]) -> list[dict[str, Any]]:
+    """Heads and residual streams, the first position's first (addition: every head at =)."""
     chosen = [e for e in part["viewer"] if any(k in e["site"] for k in VIEWER_SITES)]
+    order = list(dict.fromkeys(e["position"] for e in part["viewer"]))
+    chosen.sort(key=lambda e: order.index(e["position"]))
     return (chosen or part["viewer"])[:MAX_VIEWER]
 
 
 def _readings_table(part: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    settings = list(part["readings"][0]["by_setting"]) if part["readings"] else []
     rows = [
-        [r["site"], r["position"], pct(r["share_inside"], 0), pct(r["base_rate"], 1), r["n_queries"]]
+        [r["site"], r["position"], pct(r["share_inside"], 0)]
+        + [pct(r["by_setting"][k], 0) for k in settings]
+        + [pct(r["base_rate"], 1), r["n_queries"]]
         for r in part["readings"]
     ]
-    return ["site", "position", "inside ε", "random inputs inside ε", "queries"], rows
+    header = ["site", "position", "inside ε", *settings, "random inputs inside ε", "queries"]
+    return header, rows
 
 
 def sections(results: dict[str, Any]) -> list[Section]:
@@ -255,12 +262,23 @@ def sections(results: dict[str, Any]) -> list[Section]:
             Section(
                 "Addition: completeness by enumeration",
                 "Every question with operands 100–999 is run through the probed model, so each "
-                "query's true ε-preimage is known: the decoder's recall of it and the precision of "
-                "its distinct samples.",
+                "query's true ε-preimage is known: the decoder's recall of it (at most its number of "
+                "distinct samples over the preimage's size) and the precision of its distinct "
+                "samples; the likelihood AUROC asks whether the decoder's likelihood alone ranks "
+                "the inputs inside ε above those outside.",
                 figures=[(completeness_figure(points, eps), "addition_completeness")],
                 tables=[
                     (
-                        ["site", "query", "preimage size", "distinct samples", "recall", "precision"],
+                        [
+                            "site",
+                            "query",
+                            "preimage size",
+                            "distinct samples",
+                            "recall",
+                            "recall possible",
+                            "precision",
+                            "likelihood AUROC",
+                        ],
                         [
                             [
                                 p["site"],
@@ -268,7 +286,9 @@ def sections(results: dict[str, Any]) -> list[Section]:
                                 p["preimage_size"],
                                 p["n_samples"],
                                 pct(p["recall"], 0),
+                                pct(min(1.0, p["n_samples"] / max(1, p["preimage_size"])), 0),
                                 pct(p["precision"], 0),
+                                f"{p['likelihood_auroc']:.3f}",
                             ]
                             for p in points
                         ],
