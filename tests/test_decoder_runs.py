@@ -248,3 +248,19 @@ def test_a_malformed_counting_string_is_one_clear_error(
             capsys, "invert", "sample", run, text, "--site", "embed", "--workspace", str(tmp_path)
         )
         assert code == 2 and err.startswith("error:") and "Traceback" not in err, (text, err)
+
+
+@pytest.mark.parametrize("task", ["maze", "seqcont"])
+def test_a_decoder_trains_for_any_task(tmp_path: Path, task: str) -> None:
+    ws = Workspace(tmp_path)
+    cfg = make_run_config(
+        task, "tiny", steps=4, overrides={"train": {"eval_size": 16, "eval_every": 4, "save_every": 4}}
+    )
+    probed = load_trained(ws, train(ws, cfg, progress=False).run)
+    decoder_cfg = decoder_run_config(
+        probed, sites=["embed", "L0.resid_post"], train=_train_cfg(steps=4, eval_every=4),
+        d_model=32, n_layers=1, n_cond_blocks=1,
+    )  # fmt: skip
+    result = train_decoder(ws, probed, decoder_cfg, progress=False)
+    assert result.status == "done" and set(result.inside) == {"embed", "L0.resid_post"}
+    assert load_decoder(ws, probed).config.probed_run == probed.run.name

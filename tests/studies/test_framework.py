@@ -130,7 +130,9 @@ def test_a_failed_or_interrupted_study_says_so_and_reruns(toy: Study, tmp_path: 
 def test_registry_refuses_duplicates_and_unknown_names(toy: Study, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="already registered"):
         register(TOY)
-    with pytest.raises(UnknownNameError, match="valid choices: addition, maze, seqcont, regions, toy"):
+    with pytest.raises(
+        UnknownNameError, match="valid choices: addition, maze, seqcont, regions, inversion, toy"
+    ):
         run_study("nope", Workspace(tmp_path))
     with pytest.raises(ConfigError, match="--model applies to the seqcont and regions studies only"):
         run_study("toy", Workspace(tmp_path), model=tmp_path)
