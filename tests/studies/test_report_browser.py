@@ -58,6 +58,7 @@ def browser() -> Iterator[webdriver.Chrome]:
         ("maze_study_run", 5),
         ("seqcont_study_run", 4),
         ("regions_study_run", 5),
+        ("inversion_study_run", 8),
     ],
 )
 def test_report_opens_with_every_figure(
