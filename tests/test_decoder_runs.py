@@ -11,7 +11,6 @@ import torch
 
 from tinylens import decoder_runs
 from tinylens.analysis.inversion import EPSILON
-from tinylens.cli import main
 from tinylens.config import make_run_config
 from tinylens.decoder_runs import (
     DecoderRunConfig,
@@ -27,6 +26,7 @@ from tinylens.runs import load_trained, train
 from tinylens.store import Workspace, load_tensors
 
 from .helpers import run_cfg
+from .test_cli import run_cli
 
 SITES = ("embed", "L0.head1", "L0.resid_post")
 
@@ -176,23 +176,13 @@ def test_bad_sites_and_positions_are_refused(probed_ws) -> None:
         DecoderRunConfig.from_dict({"kind": "decoder", "sites": []})
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_invert_train_and_sample_from_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ws = Workspace(tmp_path)
     run = train(ws, run_cfg(steps=20), progress=False).run
     w = ["--workspace", str(tmp_path)]
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "invert", "train", run, "--sites", "embed,L0.resid_post", "--steps", "6",
         "--d-model", "32", "--no-progress", *w,
     )  # fmt: skip
@@ -200,7 +190,7 @@ def test_invert_train_and_sample_from_the_command_line(
     decoder = out.strip()
     assert decoder_runs_for(ws, run) == [decoder] and "L0.resid_post" in err
     question = "12345+67890=080235"
-    code, out, err = _cli(
+    code, out, err = run_cli(
         capsys, "invert", "sample", run, question, "--site", "embed", "--position", "3",
         "--per-setting", "4", "--json", *w,
     )  # fmt: skip
@@ -213,7 +203,7 @@ def test_invert_train_and_sample_from_the_command_line(
     # at the embedding, D = 0 exactly when the sample has the query's token at that position
     for sample in result["samples"]:
         assert (sample["distance"] < 1e-6) == (sample["text"][3] == question[3])
-    code, out, _ = _cli(capsys, "invert", "sample", run, question, "--site", "L0.resid_post", *w)
+    code, out, _ = run_cli(capsys, "invert", "sample", run, question, "--site", "L0.resid_post", *w)
     assert code == 0 and "inside ε" in out
 
     bad = [
@@ -224,13 +214,13 @@ def test_invert_train_and_sample_from_the_command_line(
         (["--site", "embed", "--decoder", run], "not a decoder run"),
     ]
     for extra, message in bad:
-        code, out, err = _cli(capsys, "invert", "sample", run, question, *extra, *w)
+        code, out, err = run_cli(capsys, "invert", "sample", run, question, *extra, *w)
         assert code == 2 and message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1
-    code, _, err = _cli(capsys, "invert", "sample", run, "12345+6789=1", "--site", "embed", *w)
+    code, _, err = run_cli(capsys, "invert", "sample", run, "12345+6789=1", "--site", "embed", *w)
     assert code == 2 and err.startswith("error:")
     other = train(ws, run_cfg(steps=10, seed=1), progress=False).run
-    code, _, err = _cli(
+    code, _, err = run_cli(
         capsys, "invert", "sample", other, question, "--site", "embed", "--decoder", decoder, *w
     )
     assert code == 2 and "does not match the probed model" in err
@@ -244,7 +234,7 @@ def test_a_malformed_counting_string_is_one_clear_error(
     )
     run = train(Workspace(tmp_path), cfg, progress=False).run
     for text in ("vvzccvczvvvzvcvc|v8", "vvzcc|q:3", "vv1zc|v:2", ""):
-        code, _, err = _cli(
+        code, _, err = run_cli(
             capsys, "invert", "sample", run, text, "--site", "embed", "--workspace", str(tmp_path)
         )
         assert code == 2 and err.startswith("error:") and "Traceback" not in err, (text, err)

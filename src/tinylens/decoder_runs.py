@@ -27,14 +27,12 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch.nn import functional as F
 
 from tinylens.analysis.inversion import (
@@ -54,7 +52,7 @@ from tinylens.decoder import DecoderConfig, InversionDecoder
 from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.runs import TrainedModel
 from tinylens.store import Run, Workspace, config_hash, load_tensors, read_metadata
-from tinylens.train import interrupt_requests_stop
+from tinylens.train import interrupt_requests_stop, progress_bar
 
 DECODER_KIND = "tinylens.decoder"
 STATE_KIND = "tinylens.decoder_state"
@@ -453,23 +451,11 @@ class DecoderTrainer:
             raise CheckpointError(f"{path} does not hold a usable decoder state: {err}") from None
         self.run.workspace.delete_metrics_after(self.run.name, self.step)
 
-    @contextmanager
-    def _progress(self) -> Iterator[tuple[Progress, int]]:
-        bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}  inside ε {task.fields[inside]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not self.show_progress,
+    def _progress(self) -> AbstractContextManager[tuple[Progress, int]]:
+        fields = {"loss": "loss", "inside": "inside ε"}
+        return progress_bar(
+            self.run.name, self.cfg.train.steps, self.step, fields, show=self.show_progress
         )
-        with bar:
-            task_id = bar.add_task(
-                self.run.name, total=self.cfg.train.steps, completed=self.step, loss="-", inside="-"
-            )
-            yield bar, task_id
 
 
 def evaluate_decoder(

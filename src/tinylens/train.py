@@ -347,20 +347,29 @@ class Trainer:
     def _sigint_sets_flag(self) -> contextlib.AbstractContextManager[None]:
         return interrupt_requests_stop(self)
 
-    @contextmanager
-    def _progress(self) -> Iterator[tuple[Progress, int]]:
-        bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not self.show_progress,
-        )
-        with bar:
-            task_id = bar.add_task(
-                self.run.name, total=self.cfg.train.steps, completed=self.step, loss="-", acc="-"
-            )
-            yield bar, task_id
+    def _progress(self) -> contextlib.AbstractContextManager[tuple[Progress, int]]:
+        return progress_bar(
+            self.run.name, self.cfg.train.steps, self.step, {"loss": "loss", "acc": "acc"},
+            show=self.show_progress,
+        )  # fmt: skip
+
+
+@contextmanager
+def progress_bar(
+    name: str, total: int, done: int, fields: dict[str, str], *, show: bool = True
+) -> Iterator[tuple[Progress, int]]:
+    """A training progress bar on stderr: steps done of ``total``, elapsed and remaining time, and
+    one ``label value`` pair per entry of ``fields`` (field name → label), each ``-`` until set."""
+    shown = "  ".join(f"{label} {{task.fields[{key}]}}" for key, label in fields.items())
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn(shown),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+    )
+    with bar:
+        yield bar, bar.add_task(name, total=total, completed=done, **dict.fromkeys(fields, "-"))
