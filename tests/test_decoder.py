@@ -78,7 +78,7 @@ def test_it_learns_to_write_the_input_its_activation_came_from() -> None:
 def test_bad_shapes_and_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="divisible"):
         DecoderConfig(d_vocab=5, n_ctx=4, d_act=3, n_sites=1, d_model=30, n_heads=4)
-    with pytest.raises(ConfigError, match="n_sites must be a positive integer"):
+    with pytest.raises(ConfigError, match="n_sites must be an integer in 1–"):
         DecoderConfig(d_vocab=5, n_ctx=4, d_act=3, n_sites=0)
     decoder = InversionDecoder(CFG)
     tokens, acts, sites = _inputs()

@@ -12,6 +12,7 @@ import torch
 from tinylens import decoder_runs
 from tinylens.analysis.inversion import EPSILON
 from tinylens.config import make_run_config
+from tinylens.decoder import InversionDecoder
 from tinylens.decoder_runs import (
     DecoderRunConfig,
     DecoderTrainConfig,
@@ -21,9 +22,10 @@ from tinylens.decoder_runs import (
     load_decoder,
     train_decoder,
 )
-from tinylens.errors import CheckpointError, ConfigError
+from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.runs import load_trained, train
 from tinylens.store import Workspace, load_tensors
+from tinylens.train import DivergenceError
 
 from .helpers import run_cfg
 from .test_cli import run_cli
@@ -254,3 +256,61 @@ def test_a_decoder_trains_for_any_task(tmp_path: Path, task: str) -> None:
     result = train_decoder(ws, probed, decoder_cfg, progress=False)
     assert result.status == "done" and set(result.inside) == {"embed", "L0.resid_post"}
     assert load_decoder(ws, probed).config.probed_run == probed.run.name
+
+
+def test_a_diverging_decoder_stops_with_a_clear_error_and_keeps_its_last_state(
+    probed_ws, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    cfg = _config(probed, lr=1e30, seed=11, steps=6)
+    with pytest.raises(DivergenceError, match="lower the learning rate"):
+        train_decoder(ws, probed, cfg, "diverges", progress=False)
+    assert ws.info("diverges").status == "failed"
+    code, _, err = run_cli(
+        capsys, "invert", "train", name, "--steps", "3", "--lr", "1e30", "--d-model", "32",
+        "--seed", "12", "--no-progress", "--workspace", str(ws.root),
+    )  # fmt: skip
+    assert code == 2 and "diverged" in err and len(err.strip().splitlines()) == 1
+    # a decoder whose weights overflow cannot sample: a clear error, not torch's
+    broken = InversionDecoder(cfg.decoder)
+    with torch.no_grad():
+        broken.unembed.weight.fill_(math.inf)
+    with pytest.raises(TinylensError, match="diverged"):
+        broken.sample(torch.ones(2, cfg.decoder.d_act), torch.zeros(2, dtype=torch.int64))
+
+
+def test_the_newest_usable_decoder_is_chosen(probed_ws, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    good = load_decoder(ws, probed).run.name
+    original = DecoderTrainer.train_step
+
+    def stop_early(self: DecoderTrainer) -> None:
+        original(self)
+        if self.step == 2:  # before its first evaluation: no checkpoint yet
+            self._stop_requested = True
+
+    monkeypatch.setattr(DecoderTrainer, "train_step", stop_early)
+    unfinished = train_decoder(ws, probed, _config(probed, seed=21), "unfinished", progress=False)
+    assert unfinished.status == "interrupted" and decoder_runs_for(ws, name)[-1] == "unfinished"
+    assert load_decoder(ws, probed).run.name == good
+
+
+def test_oversized_or_out_of_range_settings_are_refused(
+    probed_ws, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws, name = probed_ws
+    w = ["--workspace", str(ws.root)]
+    for extra, message in (
+        (["--d-model", "100000"], "d_model must be an integer in 1–2048"),
+        (["--batch-size", "10000000"], "batch_size must be at most 8192"),
+        (["--seed", str(2**64)], "seed must be an integer"),
+    ):
+        code, _, err = run_cli(capsys, "invert", "train", name, *extra, "--no-progress", *w)
+        assert code == 2 and message in err, (extra, err)
+    code, _, err = run_cli(
+        capsys, "invert", "sample", name, "12345+67890=080235", "--site", "embed",
+        "--seed", str(2**64), *w,
+    )  # fmt: skip
+    assert code == 2 and "--seed must be an integer" in err

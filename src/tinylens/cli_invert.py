@@ -22,6 +22,7 @@ from rich.table import Table
 from tinylens import runs as runs_api
 from tinylens.analysis.inversion import EPSILON, SETTINGS, check_epsilon, invert, parse_site
 from tinylens.analysis.inversion import site_activations as read_site
+from tinylens.config import MAX_SEED, derive_seed
 from tinylens.decoder_runs import (
     DecoderTrainConfig,
     allowed_positions,
@@ -84,7 +85,7 @@ def train_command(
         raise Interrupted(
             f"interrupted at step {result.step}; run the same `tinylens invert train` again to continue"
         )
-    table = Table("site", "inside ε", title=f"held-out queries, ε = {cfg.train.epsilon:g}")
+    table = Table("site", "inside ε", title=f"evaluation queries, ε = {cfg.train.epsilon:g}")
     for site, share in result.inside.items():
         table.add_row(site, "-" if math.isnan(share) else f"{share:.0%}")
     err.print(table)
@@ -114,6 +115,8 @@ def sample_command(
 ) -> None:
     """Invert TEXT's activation at SITE: samples nearest first, with D and whether inside ε."""
     epsilon = check_epsilon(epsilon)
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be an integer in 0–{MAX_SEED}, got {seed}")
     if not 1 <= per_setting <= 4096 or top < 1:
         raise ConfigError("--per-setting must be 1–4096 and --top at least 1")
     ws = Workspace(workspace)
@@ -134,8 +137,8 @@ def sample_command(
     at = known[-1] if position is None else position % seq_len
     if not in_range or at not in known:
         raise ConfigError(
-            f"position {position} is not one the decoder was trained on; it reads positions "
-            f"{known if len(known) < 12 else 'all'}"
+            f"position {position} is not one the decoder was trained on; it reads "
+            + ("every position" if len(known) == seq_len else f"positions {known}")
         )
     query = read_site(probed.model, tokens, probe_site)[0, at].float()
     if float(query.norm()) == 0.0:
@@ -146,7 +149,7 @@ def sample_command(
         query,
         probe_site,
         index,
-        torch.Generator().manual_seed(seed),
+        torch.Generator().manual_seed(derive_seed(seed, "invert-sample")),
         per_setting=per_setting,
         settings=SETTINGS,
         epsilon=epsilon,

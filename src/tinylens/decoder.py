@@ -32,7 +32,11 @@ from jaxtyping import Float, Int
 from torch import nn
 from torch.nn import functional as F
 
-from tinylens.errors import ConfigError
+from tinylens.errors import ConfigError, TinylensError
+
+_LIMITS = {"d_model": 2048, "n_layers": 24, "n_heads": 64, "n_cond_blocks": 64}
+"""Upper bounds on the decoder's own size: far beyond any use here, well below what fails to
+allocate (a request that cannot be met is a clear error, not an allocator traceback)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"decoder {f.name} must be a positive integer, got {value!r}")
+            top = _LIMITS.get(f.name, 10**6)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ConfigError(f"decoder {f.name} must be an integer in 1–{top}, got {value!r}")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"decoder d_model {self.d_model} must be divisible by n_heads {self.n_heads}"
@@ -206,6 +211,11 @@ class InversionDecoder(nn.Module):
                 logits = self.unembed(self.ln_f(x))[:, -1]
             else:
                 logits = self._logits(inputs, cond)[:, -1]
+            if not bool(torch.isfinite(logits).all()):
+                raise TinylensError(
+                    "the decoder's outputs are not finite: its weights diverged; train a new "
+                    "decoder with a lower learning rate"
+                )
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:

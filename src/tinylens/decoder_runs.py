@@ -47,12 +47,12 @@ from tinylens.analysis.inversion import (
     parse_site,
     site_activations,
 )
-from tinylens.config import derive_seed
+from tinylens.config import MAX_SEED, derive_seed
 from tinylens.decoder import DecoderConfig, InversionDecoder
 from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.runs import TrainedModel
 from tinylens.store import Run, Workspace, config_hash, load_tensors, read_metadata
-from tinylens.train import interrupt_requests_stop, progress_bar
+from tinylens.train import DivergenceError, interrupt_requests_stop, progress_bar
 
 DECODER_KIND = "tinylens.decoder"
 STATE_KIND = "tinylens.decoder_state"
@@ -92,10 +92,22 @@ class DecoderTrainConfig:
             _positive_int(name, getattr(self, name))
         for name in ("log_every", "save_every"):
             _positive_int(name, getattr(self, name))
-        for name in ("warmup_steps", "seed"):
+        for name, top in (("warmup_steps", 10**8), ("seed", MAX_SEED)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"decoder training {name} must be an integer ≥ 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+                raise ConfigError(
+                    f"decoder training {name} must be an integer in 0–{top}, got {value!r}"
+                )
+        for name, top in (
+            ("steps", 10**8),
+            ("batch_size", 8192),
+            ("eval_queries", 10_000),
+            ("eval_per_setting", 4096),
+        ):
+            if getattr(self, name) > top:
+                raise ConfigError(
+                    f"decoder training {name} must be at most {top}, got {getattr(self, name)}"
+                )
         for name in ("lr", "grad_clip"):
             value = getattr(self, name)
             if not _number(value) or not 0 < value < math.inf:
@@ -235,7 +247,8 @@ class DecoderTrainResult:
     status: str
     """``"done"`` or ``"interrupted"``."""
     inside: dict[str, float]
-    """Per site, the share of samples inside ε at the last evaluation (held-out queries)."""
+    """Per site, the share of samples inside ε at the last evaluation (evaluation queries: held-out
+    combinations where the task has a split, fresh random ones otherwise)."""
     elapsed_s: float
 
 
@@ -351,17 +364,29 @@ class DecoderTrainer:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
             logits = self.decoder(batch.tokens, batch.acts, batch.sites)
         loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tokens.flatten())
-        if not bool(torch.isfinite(loss)):
-            raise ConfigError(
-                f"the decoder's loss became {float(loss)} at step {self.step}; lower train.lr "
-                f"({tc.lr:g}) and train a new decoder run"
-            )
+        if not bool(torch.isfinite(loss)):  # before the update: the weights are still good
+            raise self._diverged(f"the loss became {float(loss)}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), tc.grad_clip)
         self.optimizer.step()
+        # a step can leave finite but huge weights whose outputs overflow: checked before any
+        # evaluation or save, so the run keeps its last good state
+        with torch.no_grad():
+            probe = self.decoder(batch.tokens[:4], batch.acts[:4], batch.sites[:4])
+        if not all(bool(torch.isfinite(p).all()) for p in self.decoder.parameters()) or not bool(
+            torch.isfinite(probe).all()
+        ):
+            raise self._diverged("the weights or outputs became NaN or infinite")
         self._log_sum += float(loss.detach())
         self._log_count += 1
+
+    def _diverged(self, what: str) -> DivergenceError:
+        kept = "its last saved state is kept" if self.run.state_file() else "nothing was saved"
+        return DivergenceError(
+            f"decoder training diverged at step {self.step}: {what}; lower the learning rate "
+            f"(--lr, now {self.cfg.train.lr:g}) and train a new decoder run ({kept})"
+        )
 
     def _flush_log(self, bar: Progress, task_id: int) -> None:
         loss = float(self._log_sum) / max(1, self._log_count)
@@ -569,13 +594,7 @@ def load_decoder(
             reshaped model), or its checkpoint is missing or damaged.
     """
     if name is None:
-        found = decoder_runs_for(workspace, probed.run.name)
-        if not found:
-            raise ConfigError(
-                f"run {probed.run.name!r} has no decoder; train one with "
-                f"`tinylens invert train {probed.run.name}`"
-            )
-        name = found[-1]
+        name = _newest_usable(workspace, probed)
     run = workspace.run(name)
     try:
         cfg = DecoderRunConfig.from_dict(run.config)
@@ -595,6 +614,27 @@ def load_decoder(
     if null_acts is None or null_acts.shape != (len(cfg.sites), cfg.decoder.d_act):
         raise CheckpointError(f"{path} lacks the sites' no-information activations")
     return TrainedDecoder(run, cfg, decoder.eval(), null_acts, int(meta["step"]))
+
+
+def _newest_usable(workspace: Workspace, probed: TrainedModel) -> str:
+    """The newest decoder run for ``probed`` that fits it and has a checkpoint."""
+    found = decoder_runs_for(workspace, probed.run.name)
+    for name in reversed(found):
+        run = workspace.run(name)
+        try:
+            check_fits(DecoderRunConfig.from_dict(run.config), probed, what=name)
+        except TinylensError:
+            continue
+        if run.checkpoint_steps():
+            return name
+    train = f"`tinylens invert train {probed.run.name} --checkpoint {probed.step}`"
+    if not found:
+        raise ConfigError(f"run {probed.run.name!r} has no decoder; train one with {train}")
+    raise ConfigError(
+        f"none of the {len(found)} decoders of run {probed.run.name!r} fits its checkpoint at step "
+        f"{probed.step} with a saved checkpoint of its own; train one with {train}, or name one "
+        "with --decoder"
+    )
 
 
 def check_fits(cfg: DecoderRunConfig, probed: TrainedModel, *, what: str) -> None:

@@ -72,6 +72,12 @@ def test_features_read_the_right_facts_and_tolerate_any_tokens() -> None:
     c = an.counting_features(COUNTING)
     text = COUNTING.encode("vvzccvczvvvzvcvc|v:8")[None]
     assert c["query letter's count"](text).tolist() == [8]
+    broken = text.clone()
+    broken[0, COUNTING.query_position] = COUNTING.vocab.index("P")  # no letter in the query slot
+    assert c["query letter's count"](broken).tolist() == [-1]
+    broken = text.clone()
+    broken[0, COUNTING.query_position + 1] = COUNTING.vocab.index("3")  # no ':' after it
+    assert c["query letter's count"](broken).tolist() == [-1]
     assert c["query letter"](text).tolist() == [COUNTING.vocab.index("v")]
 
 
@@ -165,6 +171,19 @@ def test_the_embedding_does_not_count_toward_the_share_inside() -> None:
     counting["readings"].append(_reading("embed", "query letter", 1.0, {}))
     claim = check_claims(InversionResult(result.config, counting, result.addition))[0]
     assert "counting" in claim.claim and not claim.holds
+
+
+def test_claims_fail_when_their_control_does_as_well() -> None:
+    result = _result(True)
+    counting, addition = copy.deepcopy(result.counting), copy.deepcopy(result.addition)
+    for check in counting["patching"]["checks"] + addition["patching"]["checks"]:
+        check["control_share"] = 0.9  # a same-answer patch removes as much: nothing specific
+    for reading in counting["readings"] + addition["readings"]:
+        reading["base_rate"] = 0.65  # random inputs land inside ε as often as the samples
+        reading["hypotheses"] = {f: (v[0], 0.95) for f, v in reading["hypotheses"].items()}
+    claims = check_claims(InversionResult(result.config, counting, addition))
+    assert not any(c.holds for c in claims), [c.claim for c in claims if c.holds]
+    assert any("same-answer input ≤ 20%" in c.rule for c in claims)
 
 
 def test_a_site_the_decoder_did_not_read_is_not_measured() -> None:

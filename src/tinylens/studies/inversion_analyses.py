@@ -59,9 +59,15 @@ def counting_features(task: CountingTask) -> dict[str, Feature]:
     """The query letter, and its count among the letters before ``|``."""
     q = task.query_position
 
+    sep, ask = task.vocab.index("|"), task.vocab.index(":")
+    first, last = task.vocab.index("a"), task.vocab.index("z")
+
     def query_count(tokens: torch.Tensor) -> torch.Tensor:
         body = tokens[:, : task.max_letters + 1]
-        return (body == tokens[:, q : q + 1]).sum(1)
+        count = (body == tokens[:, q : q + 1]).sum(1)
+        letter = (tokens[:, q] >= first) & (tokens[:, q] <= last)
+        framed = letter & (tokens[:, q - 1] == sep) & (tokens[:, q + 1] == ask)
+        return torch.where(framed, count, -1)  # −1: a malformed sample, never a query's value
 
     return {"query letter": lambda t: t[:, q], "query letter's count": query_count}
 
@@ -653,6 +659,9 @@ def addition_completeness(
             ids = _space_index(task, samples.tokens)
             sampled = ids[ids >= 0]
             score = completeness(true_d[q], sampled, epsilon)
+            # a sample that is no question of the space (malformed, a wrong answer) is outside
+            found = int((true_d[q][sampled] < epsilon).sum()) if len(sampled) else 0
+            precision = found / len(samples.tokens) if len(samples.tokens) else math.nan
             inside = (true_d[q] < epsilon).nonzero().flatten()
             inside = inside[torch.randperm(len(inside), generator=g)[:scatter_cap]]
             outside = torch.randint(0, m * m, (scatter_cap,), generator=g)
@@ -666,9 +675,9 @@ def addition_completeness(
                     site=name,
                     query=task.decode(queries[q]),
                     recall=score.recall,
-                    precision=score.precision,
+                    precision=precision,
                     preimage_size=score.preimage_size,
-                    n_samples=score.n_samples,
+                    n_samples=len(samples.tokens),
                     likelihood_auroc=_auroc(
                         loglik[: len(inside)], loglik[len(inside) :][true_d[q, outside] >= epsilon]
                     ),

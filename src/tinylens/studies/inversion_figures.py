@@ -187,7 +187,8 @@ def sections(results: dict[str, Any]) -> list[Section]:
         out.append(
             Section(
                 f"{what.capitalize()}: how often the decoder's samples are inside ε",
-                f"Held-out queries at each site the decoder ({part['decoder']}, "
+                f"Evaluation queries (counting: held-out combinations; addition has no split) at "
+                f"each site the decoder ({part['decoder']}, "
                 f"{part['decoder_steps']} steps, {part['decoder_training_s']:.0f} s) was trained on. "
                 "Each sample is re-run through the probed model; D is the minimum over its positions. "
                 "Black marks: the share of random task inputs inside ε of the same query.",
@@ -205,7 +206,7 @@ def sections(results: dict[str, Any]) -> list[Section]:
         out.append(
             Section(
                 f"{what.capitalize()}: the viewer",
-                "One held-out query per site: the samples nearest first, each token shaded by how "
+                "One evaluation query per site: the samples nearest first, each token shaded by how "
                 "much the query activation raises its likelihood against the site's no-information "
                 "activation (darker: more); the blue line is ε, D on the right.",
                 figures=[(viewer_figure(_viewer_entries(part), eps), f"{what}_viewer")],
@@ -264,8 +265,9 @@ def sections(results: dict[str, Any]) -> list[Section]:
                 "Every question with operands 100–999 is run through the probed model, so each "
                 "query's true ε-preimage is known: the decoder's recall of it (at most its number of "
                 "distinct samples over the preimage's size) and the precision of its distinct "
-                "samples; the likelihood AUROC asks whether the decoder's likelihood alone ranks "
-                "the inputs inside ε above those outside.",
+                "samples (a sample that is no question of the space, malformed or with a wrong "
+                "answer, counts as outside); the likelihood AUROC asks whether the decoder's "
+                "likelihood alone ranks the inputs inside ε above those outside.",
                 figures=[(completeness_figure(points, eps), "addition_completeness")],
                 tables=[
                     (
@@ -286,7 +288,9 @@ def sections(results: dict[str, Any]) -> list[Section]:
                                 p["preimage_size"],
                                 p["n_samples"],
                                 pct(p["recall"], 0),
-                                pct(min(1.0, p["n_samples"] / max(1, p["preimage_size"])), 0),
+                                pct(min(1.0, p["n_samples"] / p["preimage_size"]), 0)
+                                if p["preimage_size"]
+                                else "-",
                                 pct(p["precision"], 0),
                                 f"{p['likelihood_auroc']:.3f}",
                             ]
