@@ -7,12 +7,12 @@ from the probed model (:func:`tinylens.analysis.decoder_batch`): a fresh batch o
 site drawn by weight, an allowed position, and a small share given the site's "no information"
 activation (:func:`tinylens.analysis.null_activations`) so the decoder also learns the prior.
 
-Every ``eval_every`` steps the decoder inverts a fixed set of held-out queries at every site (the
-paper's four temperature/noise settings) and logs, per site, the share of its samples inside the
-ε-preimage; with ``reweight`` on, the sites that land inside least often are then drawn more often
-(the paper's reweighting). Like the model trainer, it saves its whole state (weights, optimizer,
-data generator, site weights) every ``save_every`` steps and on Ctrl-C, and a killed run resumes
-to bit-identical weights.
+Every ``eval_every`` steps the decoder inverts a fixed set of evaluation queries (held out where the
+task has a split) at every site (the paper's four temperature/noise settings) and logs, per site,
+the share of its samples inside the ε-preimage; with ``reweight`` on, the sites that land inside
+least often are then drawn more often (the paper's reweighting). Like the model trainer, it saves
+its whole state (weights, optimizer, data generator, site weights) every ``save_every`` steps and on
+Ctrl-C, and a killed run resumes to bit-identical weights.
 
 Usage:
     probed = runs.load_trained(workspace, "counting-cpu-s0-48d85b6e")
@@ -399,7 +399,7 @@ class DecoderTrainer:
         bar.update(task_id, loss=f"{loss:.3f}")
 
     def _evaluate(self) -> None:
-        """Invert the held-out queries at every site; log and (optionally) reweight."""
+        """Invert the evaluation queries at every site; log and (optionally) reweight."""
         self.inside = evaluate_decoder(
             self.model, self.decoder, self.cfg, self.sites, self.eval_tokens, seed=self.cfg.train.seed
         )

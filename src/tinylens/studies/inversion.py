@@ -10,9 +10,10 @@ Background:
     Here both probed models and both decoders are trained on a CPU (reused when trained before),
     then:
 
-    * every trained site is inverted at the paper's positions (counting: the query letter and
-      ``:``; addition: ``=`` and each answer digit) on held-out queries, with the share of samples
-      inside ε against its control (random task inputs inside ε of the same query);
+    * every trained site is inverted at the paper's positions (counting: the query letter and ``:``;
+      addition: ``=`` and each answer digit) on evaluation queries (held-out combinations for
+      counting), with the share of samples inside ε against its control (random task inputs inside ε
+      of the same query);
     * hypothesis scores (feature consistency) for the task's features at each site;
     * the paper's causal findings with the patching engine, each beside a same-answer control;
     * completeness on 3-digit addition by enumerating all 810,000 questions.
@@ -392,7 +393,7 @@ def _hypothesis_claim(part: dict[str, Any], site: str, position: str, feature: s
             Condition("its margin over random inputs", consistency - base, ">=", MARGIN, "{:.0%}"),
         ],
         control=base,
-        note="hypothesis score over held-out queries; control: random inputs that agree",
+        note="hypothesis score over the evaluation queries; control: random inputs that agree",
     )
 
 

@@ -1,6 +1,6 @@
 """The inversion study's measurements on one probed model and its decoder.
 
-* :func:`read_sites` inverts held-out queries at every trained site and named position: the share
+* :func:`read_sites` inverts evaluation queries at every trained site and named position: the share
   of samples inside ε (with its control, the share of random task inputs inside ε of the same
   query), the hypothesis scores of the task's features, and one query's samples for the viewer
   with per-token likelihood shifts.
@@ -119,7 +119,7 @@ def addition_features(task: AdditionTask) -> dict[str, Feature]:
 
 @dataclass(frozen=True)
 class SiteReading:
-    """One site at one named position, over the held-out queries."""
+    """One site at one named position, over the evaluation queries."""
 
     site: str
     position: str
