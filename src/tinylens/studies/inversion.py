@@ -141,10 +141,6 @@ class InversionStudyConfig:
         return asdict(self)
 
 
-def _decoder_train(**overrides: Any) -> DecoderTrainConfig:
-    return DecoderTrainConfig(**overrides)
-
-
 def study_config(preset: str, inputs: StudyInputs | None = None) -> InversionStudyConfig:
     """``quick``: both probed models and their decoders on a CPU within the hour. ``paper``: the
     decoders trained ten times longer and wider (GPU-sized). ``tiny``: a smoke run whose claims
@@ -155,7 +151,7 @@ def study_config(preset: str, inputs: StudyInputs | None = None) -> InversionStu
         small = {"steps": 40, "eval_every": 20, "eval_size": 64, "save_every": 20}
         counting = make_run_config("counting", "inversion", overrides={"train": small})
         addition = make_run_config("addition", "inversion", overrides={"train": small})
-        train = _decoder_train(
+        train = DecoderTrainConfig(
             steps=8,
             batch_size=32,
             eval_every=8,
@@ -182,7 +178,7 @@ def study_config(preset: str, inputs: StudyInputs | None = None) -> InversionStu
     counting = make_run_config("counting", "inversion")
     addition = make_run_config("addition", "inversion")
     if preset == "quick":
-        train = _decoder_train(steps=8000, batch_size=64, eval_every=2000)
+        train = DecoderTrainConfig(steps=8000, batch_size=64, eval_every=2000)
         return InversionStudyConfig(
             preset,
             counting,
@@ -190,7 +186,7 @@ def study_config(preset: str, inputs: StudyInputs | None = None) -> InversionStu
             DecoderSpec(COUNTING_SITES, (-3, -2), train),
             DecoderSpec(ADDITION_SITES, None, train),
         )
-    train = _decoder_train(steps=30_000, eval_every=5000)
+    train = DecoderTrainConfig(steps=30_000, eval_every=5000)
     return InversionStudyConfig(
         preset,
         counting,
