@@ -32,6 +32,7 @@ from tinylens.tasks import TASKS, make_task
 
 Schedule = Literal["constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
+Forward = Literal["bridge", "direct"]
 
 MAX_STEPS = 10**9
 """Most optimizer updates a run may ask for (also bounds every step-count field)."""
@@ -122,6 +123,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "save_every": Integer(1, MAX_STEPS),
     "n_checkpoints": Integer(0, 1000),
     "precision": Choice(Precision),
+    "forward": Choice(Forward),
+    "queries_per_prompt": Integer(1, 1024),
 }
 """What each :class:`TrainConfig` field accepts."""
 
@@ -199,9 +202,36 @@ class TrainConfig:
     precision: Precision = "fp32"
     """``bf16``: the training forward pass under bfloat16 autocast (weights, optimizer state and
     evaluation stay fp32). About 1.5× the steps per second on a CPU with AVX-512 bf16."""
+    forward: Forward = "bridge"
+    """The training forward pass: through the TransformerLens bridge, or ``direct``: the same function
+    computed from the model's weights without hooks (:mod:`tinylens.train_forward`; about 1.3× the
+    steps per second on the maze recipe). Evaluation and analyses always use the bridge."""
+    queries_per_prompt: int = 1
+    """Questions per shared prefix (a maze's adjacency list): each training row holds the prefix once
+    and this many questions after it, each seeing the prefix and itself only, so the loss is exactly
+    that of as many ordinary sequences (:func:`tinylens.train_forward.pack_shared_prefix`). Needs
+    ``forward = "direct"``, a task with a shared prefix, and ``batch_size`` (questions per update) a
+    multiple of it."""
 
     def __post_init__(self) -> None:
         check_fields("train", {f.name: getattr(self, f.name) for f in fields(self)}, TRAIN_RULES)
+        if self.queries_per_prompt > 1:
+            if self.forward != "direct":
+                raise ConfigError(
+                    "train queries_per_prompt > 1 packs several questions into one row, which only "
+                    "the direct forward pass reads; set train.forward = 'direct'"
+                )
+            if self.batch_size % self.queries_per_prompt:
+                raise ConfigError(
+                    f"train batch_size {self.batch_size} must be a multiple of queries_per_prompt "
+                    f"{self.queries_per_prompt} (questions per update, grouped by prompt)"
+                )
+
+
+ADDED_TRAIN_FIELDS: dict[str, Any] = {"forward": "bridge", "queries_per_prompt": 1}
+"""Training fields added after runs were first stored, with their defaults. A run config leaves them
+out of its ``config.json`` (and so of its identity) while they hold the default, so runs trained
+before they existed keep their names and are reused."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +335,12 @@ class RunConfig:
         if not isinstance(self.task_options, dict):
             raise ConfigError(f"run config task_options must be a table, got {shown(self.task_options)}")
         check_task_options(self.task, self.task_options)
+        shared = self.train.queries_per_prompt > 1
+        if shared and make_task(self.task, self.task_options).shared_prefix_len is None:
+            raise ConfigError(
+                f"the {self.task} task has no prefix shared between questions; "
+                "set train.queries_per_prompt = 1"
+            )
         n_params = parameter_count(self.model)
         if n_params > MAX_PARAMETERS:
             raise ConfigError(
@@ -313,7 +349,11 @@ class RunConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for name, default in ADDED_TRAIN_FIELDS.items():
+            if data["train"][name] == default:
+                del data["train"][name]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:

@@ -38,15 +38,24 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from jaxtyping import Float
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tinylens.config import RunConfig, TrainConfig, derive_seed
 from tinylens.errors import CheckpointError, TinylensError
-from tinylens.evaluation import EvalResult, answer_loss, evaluate, masked_mean
+from tinylens.evaluation import EvalResult, answer_logits, evaluate, masked_mean
 from tinylens.model import build_model, model_metadata, model_tensors
 from tinylens.store import Run, load_tensors
 from tinylens.tasks import make_task
+from tinylens.tasks.base import Tokens
+from tinylens.train_forward import (
+    check_direct_forward,
+    direct_forward,
+    shared_prefix_forward,
+    split_shared_prefix,
+)
 
 STATE_KIND = "tinylens.train_state"
 
@@ -123,6 +132,8 @@ class Trainer:
         self.show_progress = progress
         self.task = make_task(cfg.task, cfg.task_options)
         self.model = build_model(cfg.model, seed=derive_seed(cfg.seed, "init"))
+        if cfg.train.forward == "direct":
+            check_direct_forward(self.model)
         self.optimizer = self._make_optimizer()
         self.data_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "train-data"))
         eval_rng = torch.Generator().manual_seed(derive_seed(cfg.train.eval_seed, "eval-data"))
@@ -215,11 +226,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, tc)
         self.model.train()
-        batch = self.task.sample(tc.batch_size, self.data_rng, train=True)
+        k = tc.queries_per_prompt
+        if k > 1:
+            batch = self.task.sample_grouped(tc.batch_size // k, k, self.data_rng, train=True)
+        else:
+            batch = self.task.sample(tc.batch_size, self.data_rng, train=True)
         device = next(self.model.parameters()).device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            logits = self.model(batch)
-        token_loss = answer_loss(logits.float(), batch, self.task)  # [batch, answer]
+            pred = self._answer_logits(batch)  # [batch, answer, d_vocab]
+        target = batch[:, self.task.answer_positions]  # [batch, answer]
+        token_loss = F.cross_entropy(pred.float().transpose(1, 2), target, reduction="none")
         valid = self.task.answer_valid(batch)  # [batch, answer]; all True for fixed-length answers
         loss = masked_mean(token_loss, valid)
         if not bool(torch.isfinite(loss)):  # before the update: the weights are still good
@@ -236,6 +252,21 @@ class Trainer:
             used = valid.sum(0).clamp(min=1)
             self._log_sum += ((token_loss.detach() * valid).sum(0) / used).double()
         self._log_count += 1
+
+    def _answer_logits(self, batch: Tokens) -> Float[torch.Tensor, "batch answer d_vocab"]:
+        """The logits predicting each answer slot, by the configured forward pass."""
+        tc = self.cfg.train
+        if tc.queries_per_prompt > 1:
+            prefix_len = self.task.shared_prefix_len
+            assert prefix_len is not None  # checked by RunConfig
+            shared = split_shared_prefix(
+                batch, tc.queries_per_prompt, prefix_len, self.task.answer_positions,
+                self.task.answer_valid(batch),
+            )  # fmt: skip
+            return shared.answer_logits(shared_prefix_forward(self.model, shared))
+        if tc.forward == "direct":
+            return answer_logits(direct_forward(self.model, batch), self.task)
+        return answer_logits(self.model(batch), self.task)
 
     def _flush_train_log(self, bar: Progress, task_id: int) -> None:
         per_position = self._log_sum / max(1, self._log_count)

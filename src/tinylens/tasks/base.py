@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Bool, Int
 
-from tinylens.errors import TokenError
+from tinylens.errors import ConfigError, TokenError
 
 Tokens = Int[torch.Tensor, "batch pos"]
 """A batch of token sequences of one task, ``int64``."""
@@ -100,6 +100,24 @@ class Task(ABC):
         """Named masks over whole questions (e.g. a carry class); default none."""
         del tokens
         return {}
+
+    @property
+    def shared_prefix_len(self) -> int | None:
+        """Tokens at the start of a sequence that several questions can share (a maze's adjacency
+        list, whose activations do not depend on the query after it); None if the task has no such
+        prefix. Tasks that have one implement :meth:`sample_grouped`."""
+        return None
+
+    def sample_grouped(
+        self, n_groups: int, k: int, generator: torch.Generator, *, train: bool = False
+    ) -> Tokens:
+        """``n_groups · k`` ordinary sequences, k consecutive ones sharing their first
+        :attr:`shared_prefix_len` tokens, for shared-prefix training."""
+        del n_groups, k, generator, train
+        raise ConfigError(
+            f"the {self.name} task has no prefix shared between questions; "
+            "train it with train.queries_per_prompt = 1"
+        )
 
     @property
     def prompt_len(self) -> int:

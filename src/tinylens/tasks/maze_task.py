@@ -54,7 +54,11 @@ from tinylens.tasks.maze_tokens import (
     from_tokens,
     parse_coord,
     prompt_from_tokens,
+    query_tokens,
 )
+
+QUERY_LEN = 7
+"""Prompt tokens after the adjacency list: origin ×3, target ×3, ``<PATH_START>``."""
 
 TREE_GENERATORS = ("dfs", "wilson", "kruskal")
 """Generators whose mazes are spanning trees (n² − 1 open walls)."""
@@ -110,7 +114,7 @@ class MazeTask(Task):
         n = grid
         max_walls = n * n - 1 if generator in TREE_GENERATORS else 2 * n * (n - 1)
         # <ADJLIST_START> 4 per wall <ADJLIST_END>, origin ×3, target ×3, <PATH_START>
-        self._prompt_len = 4 * max_walls + 9
+        self._prompt_len = 4 * max_walls + 2 + QUERY_LEN
         self._answer_positions = torch.arange(self._prompt_len, self._prompt_len + n * n + 1)
 
     # -- Task contract ----------------------------------------------------------------------------
@@ -149,6 +153,34 @@ class MazeTask(Task):
             if is_held_out(solved) != train:
                 rows.append(self._layout(as_tokens(solved, rng)))
         return torch.tensor(rows, dtype=torch.int64).reshape(n, self.seq_len)
+
+    @property
+    def shared_prefix_len(self) -> int:
+        """The left-padded adjacency list: everything before ``<ORIGIN_START>``."""
+        return self._prompt_len - QUERY_LEN
+
+    def sample_grouped(
+        self, n_groups: int, k: int, generator: torch.Generator, *, train: bool = False
+    ) -> Tokens:
+        """``n_groups`` random mazes with ``k`` (origin, target) queries each, drawn independently
+        (with replacement) from the maze's problems in the split ``train`` asks for (see
+        :meth:`sample`). The k sequences of a maze share its adjacency list, in the same order."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        rows = []
+        while len(rows) < n_groups * k:
+            maze = generate(self.generator, self.grid, rng)
+            solved = random_solved(maze, rng)
+            if is_held_out(solved) == train:
+                continue  # as in sample(): a maze whose first draw is in the other split is skipped
+            words = as_tokens(solved, rng)
+            prefix = words[: words.index(ADJLIST_END) + 1]
+            rows.append(self._layout(words))
+            while len(rows) % k:  # the first query belongs to the split, so this ends
+                solved = random_solved(maze, rng)
+                if is_held_out(solved) != train:
+                    rows.append(self._layout([*prefix, *query_tokens(solved)]))
+        return torch.tensor(rows, dtype=torch.int64).reshape(n_groups * k, self.seq_len)
 
     def answer_valid(self, tokens: Tokens) -> Bool[torch.Tensor, "batch answer"]:
         """Answer slots up to and including each sequence's ``<PATH_END>``."""

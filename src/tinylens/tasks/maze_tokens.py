@@ -69,10 +69,14 @@ def as_tokens(solved: SolvedMaze, rng: np.random.Generator) -> list[str]:
     for first, second in pairs:
         a, b = (second, first) if fast.random() < 0.5 else (first, second)
         tokens += [names[a], CONNECTOR, names[b], SEPARATOR]
-    tokens += [ADJLIST_END, ORIGIN_START, coord_token(solved.origin), ORIGIN_END]
+    return [*tokens, ADJLIST_END, *query_tokens(solved)]
+
+
+def query_tokens(solved: SolvedMaze) -> list[str]:
+    """The tokens after ``<ADJLIST_END>``: origin, target, ``<PATH_START>``, path, ``<PATH_END>``."""
+    tokens = [ORIGIN_START, coord_token(solved.origin), ORIGIN_END]
     tokens += [TARGET_START, coord_token(solved.target), TARGET_END, PATH_START]
-    tokens += [names[r * n + c] for r, c in solved.path] + [PATH_END]
-    return tokens
+    return [*tokens, *(coord_token(cell) for cell in solved.path), PATH_END]
 
 
 def from_tokens(tokens: list[str], n: int) -> SolvedMaze:
