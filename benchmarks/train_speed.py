@@ -6,7 +6,11 @@ same step in the other precision (fp32 vs bf16 autocast), then two anchors measu
 the same model's bare PyTorch module trained with a minimal loop (the cost of tinylens's bookkeeping
 and the bridge), and the best square fp32 matmul (the ceiling).
 
-    python benchmarks/train_speed.py [--task addition|maze] [--preset cpu] [--steps 60]
+Then questions per second by training forward pass (``train.forward``: the bridge, or ``direct``
+from the weights) and, for a task with a shared prefix (mazes), with k questions per prefix
+(``train.queries_per_prompt``), each at the preset's precision, beside the bridge.
+
+    python benchmarks/train_speed.py [--task addition|maze] [--preset cpu] [--steps 60] [--k 4,8]
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from collections.abc import Callable
 
 import torch
 
-from tinylens.config import make_run_config
+from tinylens.config import RunConfig, make_run_config
 from tinylens.evaluation import answer_loss
 from tinylens.model import ModelConfig
 from tinylens.store import Workspace
+from tinylens.tasks import make_task
 from tinylens.train import Trainer
 
 
@@ -60,11 +65,18 @@ def main() -> None:
     parser.add_argument("--task", default="addition")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--k", default="4,8", help="questions per shared prefix to time (mazes)")
     args = parser.parse_args()
 
-    cfg = make_run_config(args.task, args.preset)
+    recipe = make_run_config(args.task, args.preset)
+    # Like with like against the bare loop and the FLOP count: the bridge on ordinary sequences.
+    # The preset's own training forward (direct, shared prefixes) is compared in questions/s below.
+    ordinary = {"forward": "bridge", "queries_per_prompt": 1}
+    cfg = make_run_config(args.task, args.preset, overrides={"train": ordinary})
     other = "bf16" if cfg.train.precision == "fp32" else "fp32"
-    other_cfg = make_run_config(args.task, args.preset, overrides={"train": {"precision": other}})
+    other_cfg = make_run_config(
+        args.task, args.preset, overrides={"train": {**ordinary, "precision": other}}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run = Workspace(tmp).create_run("bench", cfg.to_dict(), kind="train")
         trainer = Trainer(run, cfg, progress=False)
@@ -91,6 +103,7 @@ def main() -> None:
     tokens = cfg.train.batch_size * task.seq_len
     flops = train_flops_per_token(cfg.model) * tokens
     print(f"task {args.task}, preset {args.preset}: {cfg.model}")
+    print("(bridge forward, one question per sequence)")
     print(f"batch {cfg.train.batch_size} × {task.seq_len} tokens, {torch.get_num_threads()} threads")
     print(f"{'':34}{'steps/s':>10}{'tokens/s':>12}{'GFLOP/s':>10}")
     rows = (
@@ -105,6 +118,33 @@ def main() -> None:
     print(f"ratio bf16 / fp32 steps/s:   {fp32_time / bf16_time:.2f}")
     print(f"ratio ours / bare loop:      {anchor / ours:.2f}  (bare loop is fp32)")
     print(f"ratio ours / matmul peak:    {flops / ours / 1e9 / peak:.3f}")
+    forward_variants(args, recipe)
+
+
+def forward_variants(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """Questions/s of the bridge, the direct forward and shared prefixes, at one precision."""
+    batch = cfg.train.batch_size
+    variants: list[tuple[str, dict]] = [
+        ("bridge forward", {"forward": "bridge", "queries_per_prompt": 1}),
+        ("direct forward", {"forward": "direct", "queries_per_prompt": 1}),
+    ]
+    if make_task(args.task, cfg.task_options).shared_prefix_len is not None:
+        for k in (int(v) for v in args.k.split(",")):
+            size = max(batch, 16 * k)  # at least 16 prefixes per step
+            size -= size % k
+            label = f"shared prefix, k = {k}, batch {size}"
+            variants.append((label, {"forward": "direct", "queries_per_prompt": k, "batch_size": size}))
+    print(f"\ntraining forward ({cfg.train.precision}){'questions/s':>28}{'× bridge':>10}")
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, train_over) in enumerate(variants):
+            over = {**cfg.to_dict()["train"], **train_over}
+            variant = RunConfig.from_dict({**cfg.to_dict(), "train": over})
+            run = Workspace(tmp).create_run(f"v{i}", variant.to_dict(), kind="train")
+            t = time_steps(Trainer(run, variant, progress=False).train_step, args.steps)
+            rate = variant.train.batch_size / t
+            base = base or rate
+            print(f"{label:44}{rate:12,.0f}{rate / base:10.2f}")
 
 
 if __name__ == "__main__":

@@ -84,18 +84,13 @@ def test_two_concurrent_trainings_of_one_config_lose_nothing(tmp_path: Path) -> 
 
 def _poison_loss_from(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """From update ``step`` on, the training loss is NaN (as a diverging run's would be)."""
-    original = train_module.answer_loss
-    calls = {"n": 0}
+    original = Trainer._answer_logits
 
-    def poisoned(logits: torch.Tensor, tokens: torch.Tensor, task: object) -> torch.Tensor:
-        loss = original(logits, tokens, task)
-        if logits.requires_grad:  # a training step, not an evaluation
-            calls["n"] += 1
-            if calls["n"] >= step:
-                return loss * float("nan")
-        return loss
+    def poisoned(self: Trainer, batch: torch.Tensor) -> torch.Tensor:
+        logits = original(self, batch)  # only training steps call this; evaluations do not
+        return logits * float("nan") if self.step >= step else logits
 
-    monkeypatch.setattr(train_module, "answer_loss", poisoned)
+    monkeypatch.setattr(Trainer, "_answer_logits", poisoned)
 
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_state(

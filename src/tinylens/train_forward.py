@@ -59,9 +59,9 @@ class SharedPrefixBatch:
         return picked.reshape(-1, *picked.shape[2:])
 
 
-def causal_mask(n: int) -> Float[torch.Tensor, "n n"]:
+def causal_mask(n: int, device: torch.device | str = "cpu") -> Float[torch.Tensor, "n n"]:
     """The additive causal mask of ``n`` tokens: 0 on and below the diagonal, -inf above."""
-    return torch.full((n, n), float("-inf")).triu(1)
+    return torch.full((n, n), float("-inf"), device=device).triu(1)
 
 
 def split_shared_prefix(
@@ -106,10 +106,11 @@ def shared_prefix_forward(
     native = model.original_model  # type: ignore[attr-defined]
     groups, k, seg = batch.segments.shape
     p = batch.prefix.shape[1]
-    positions = torch.cat([torch.arange(p), torch.arange(p, p + seg).repeat(k)])
+    device = batch.prefix.device
+    positions = torch.cat([torch.arange(p), torch.arange(p, p + seg).repeat(k)]).to(device)
     tokens = torch.cat([batch.prefix, batch.segments.reshape(groups, k * seg)], dim=1)
     hidden = _embed(native, tokens, positions)
-    prefix_mask, segment_mask = causal_mask(p), causal_mask(seg)
+    prefix_mask, segment_mask = causal_mask(p, device), causal_mask(seg, device)
     rope_positions = positions[None].expand(groups, -1)
     for block in native.layers:
         attn = block.attn
@@ -164,9 +165,9 @@ def direct_forward(
     its parameters: the bridge's ``model(tokens)`` without hooks."""
     native = model.original_model  # type: ignore[attr-defined]
     batch, seq = tokens.shape
-    positions = torch.arange(seq)
+    positions = torch.arange(seq, device=tokens.device)
     hidden = _embed(native, tokens, positions)
-    mask = causal_mask(seq)
+    mask = causal_mask(seq, tokens.device)
     rope_positions = positions[None].expand(batch, -1)
     for block in native.layers:
         attn = block.attn

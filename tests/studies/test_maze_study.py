@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -58,6 +59,16 @@ def test_claims_are_measured_not_hard_coded(maze_study_run: Run) -> None:
 def test_unknown_preset_is_a_clear_error() -> None:
     with pytest.raises(UnknownNameError, match="maze study preset"):
         study_config("huge")
+
+
+def test_long_preset_is_the_quick_recipe_trained_longer() -> None:
+    quick, long = study_config("quick").solver, study_config("long").solver
+    assert long.train.steps > quick.train.steps
+    assert replace(long, train=replace(long.train, steps=quick.train.steps)) == replace(
+        quick, preset=long.preset
+    )
+    assert quick.train.queries_per_prompt > 1  # several queries share each adjacency list
+    assert study_config("paper").solver.train.queries_per_prompt == 1  # as maze-transformer trains
 
 
 def test_ablation_controls_come_from_the_same_layers() -> None:
