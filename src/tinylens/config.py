@@ -209,7 +209,7 @@ class TrainConfig:
     queries_per_prompt: int = 1
     """Questions per shared prefix (a maze's adjacency list): each training row holds the prefix once
     and this many questions after it, each seeing the prefix and itself only, so the loss is exactly
-    that of as many ordinary sequences (:func:`tinylens.train_forward.pack_shared_prefix`). Needs
+    that of as many ordinary sequences (:func:`tinylens.train_forward.shared_prefix_forward`). Needs
     ``forward = "direct"``, a task with a shared prefix, and ``batch_size`` (questions per update) a
     multiple of it."""
 
