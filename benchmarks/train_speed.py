@@ -10,7 +10,11 @@ Then questions per second by training forward pass (``train.forward``: the bridg
 from the weights) and, for a task with a shared prefix (mazes), with k questions per prefix
 (``train.queries_per_prompt``), each at the preset's precision, beside the bridge.
 
+On a GPU (``--device cuda``) the matmul peak is left out, and one more row times the step with the
+batches drawn in place instead of built ahead in worker processes (:mod:`tinylens.train_data`).
+
     python benchmarks/train_speed.py [--task addition|maze] [--preset cpu] [--steps 60] [--k 4,8]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -54,10 +58,17 @@ def train_flops_per_token(cfg: ModelConfig) -> float:
 def time_steps(step: Callable[[], None], steps: int) -> float:
     for _ in range(5):  # warm-up
         step()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return (time.perf_counter() - start) / steps
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -66,12 +77,13 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--k", default="4,8", help="questions per shared prefix to time (mazes)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
 
-    recipe = make_run_config(args.task, args.preset)
+    recipe = make_run_config(args.task, args.preset, overrides={"train": {"device": args.device}})
     # Like with like against the bare loop and the FLOP count: the bridge on ordinary sequences.
     # The preset's own training forward (direct, shared prefixes) is compared in questions/s below.
-    ordinary = {"forward": "bridge", "queries_per_prompt": 1}
+    ordinary = {"forward": "bridge", "queries_per_prompt": 1, "device": args.device}
     cfg = make_run_config(args.task, args.preset, overrides={"train": ordinary})
     other = "bf16" if cfg.train.precision == "fp32" else "fp32"
     other_cfg = make_run_config(
@@ -81,14 +93,23 @@ def main() -> None:
         run = Workspace(tmp).create_run("bench", cfg.to_dict(), kind="train")
         trainer = Trainer(run, cfg, progress=False)
         ours = time_steps(trainer.train_step, args.steps)
+        trainer.close()
         other_run = Workspace(tmp).create_run("bench-other", other_cfg.to_dict(), kind="train")
-        other_time = time_steps(Trainer(other_run, other_cfg, progress=False).train_step, args.steps)
+        other_trainer = Trainer(other_run, other_cfg, progress=False)
+        other_time = time_steps(other_trainer.train_step, args.steps)
+        other_trainer.close()
+
+        in_place = None
+        if args.device != "cpu":  # anchor for the batches built ahead in worker processes
+            in_place_run = Workspace(tmp).create_run("bench-in-place", cfg.to_dict(), kind="train")
+            in_place_trainer = Trainer(in_place_run, cfg, progress=False, data_workers=0)
+            in_place = time_steps(in_place_trainer.train_step, args.steps)
 
         # Anchor: the bare native module under a minimal loop, same batch size and loss.
         bare = trainer.model.original_model
         opt = torch.optim.AdamW(bare.parameters(), lr=1e-4)
         task, rng = trainer.task, torch.Generator().manual_seed(0)
-        batch = task.sample(cfg.train.batch_size, rng, train=True)
+        batch = task.sample(cfg.train.batch_size, rng, train=True).to(args.device)
 
         def bare_step() -> None:
             logits = bare(batch)
@@ -98,7 +119,7 @@ def main() -> None:
             opt.step()
 
         anchor = time_steps(bare_step, args.steps)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops() if args.device == "cpu" else None
 
     tokens = cfg.train.batch_size * task.seq_len
     flops = train_flops_per_token(cfg.model) * tokens
@@ -111,13 +132,18 @@ def main() -> None:
         (f"tinylens train_step ({other})", other_time),
         ("bare module, minimal loop (fp32)", anchor),
     )
+    if in_place is not None:
+        rows += ((f"train_step, data in place ({cfg.train.precision})", in_place),)
     for label, t in rows:
         print(f"{label:34}{1 / t:10.1f}{tokens / t:12,.0f}{flops / t / 1e9:10.1f}")
-    print(f"{'fp32 matmul peak':34}{'':22}{peak:10.1f}")
     fp32_time, bf16_time = (ours, other_time) if other == "bf16" else (other_time, ours)
     print(f"ratio bf16 / fp32 steps/s:   {fp32_time / bf16_time:.2f}")
     print(f"ratio ours / bare loop:      {anchor / ours:.2f}  (bare loop is fp32)")
-    print(f"ratio ours / matmul peak:    {flops / ours / 1e9 / peak:.3f}")
+    if in_place is not None:
+        print(f"ratio workers / in place:    {in_place / ours:.2f}  (data workers on the {args.device})")
+    if peak is not None:
+        print(f"{'fp32 matmul peak':34}{'':22}{peak:10.1f}")
+        print(f"ratio ours / matmul peak:    {flops / ours / 1e9 / peak:.3f}")
     forward_variants(args, recipe)
 
 
@@ -141,7 +167,9 @@ def forward_variants(args: argparse.Namespace, cfg: RunConfig) -> None:
             over = {**cfg.to_dict()["train"], **train_over}
             variant = RunConfig.from_dict({**cfg.to_dict(), "train": over})
             run = Workspace(tmp).create_run(f"v{i}", variant.to_dict(), kind="train")
-            t = time_steps(Trainer(run, variant, progress=False).train_step, args.steps)
+            variant_trainer = Trainer(run, variant, progress=False)
+            t = time_steps(variant_trainer.train_step, args.steps)
+            variant_trainer.close()
             rate = variant.train.batch_size / t
             base = base or rate
             print(f"{label:44}{rate:12,.0f}{rate / base:10.2f}")

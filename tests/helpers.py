@@ -9,6 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from tinylens.config import RunConfig, make_run_config
 from tinylens.model import ModelConfig
+from tinylens.train import Trainer
 
 
 def model_cfg(**overrides: object) -> ModelConfig:
@@ -58,3 +59,14 @@ def native_cfg(d_vocab: int, **overrides: object) -> TransformerBridgeConfig:
         "seed": 4,
     }
     return TransformerBridgeConfig(**{**base, **overrides})
+
+
+def stop_after(trainer: Trainer, step: int) -> None:
+    """Make ``trainer`` stop after ``step`` as a Ctrl-C between that step and the next would."""
+    take_step = trainer.train_step
+
+    def step_then_maybe_stop() -> None:
+        take_step()
+        trainer._stop_requested = trainer.step >= step
+
+    trainer.train_step = step_then_maybe_stop  # type: ignore[method-assign]

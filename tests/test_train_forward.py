@@ -23,7 +23,7 @@ from tinylens.train_forward import (
     split_shared_prefix,
 )
 
-from .helpers import model_cfg
+from .helpers import model_cfg, stop_after
 from .test_train import all_metrics, assert_same_weights, weights
 
 
@@ -168,13 +168,7 @@ def test_shared_prefix_training_learns_and_resumes_bit_identical(tmp_path: Path)
     workspace = Workspace(tmp_path / "stopped")
     run = workspace.create_run(cfg.default_name(), cfg.to_dict(), kind="train")
     trainer = Trainer(run, cfg, progress=False)
-    step = trainer.train_step
-
-    def stop_after_23() -> None:  # as a Ctrl-C between steps 23 and 24 would
-        step()
-        trainer._stop_requested = trainer.step >= 23
-
-    trainer.train_step = stop_after_23  # type: ignore[method-assign]
+    stop_after(trainer, 23)
     assert trainer.fit().status == "interrupted"
     resumed = Trainer(workspace.run(run.name), cfg, progress=False).fit()
     assert resumed.status == "done"

@@ -33,6 +33,7 @@ from tinylens.tasks import TASKS, make_task
 Schedule = Literal["constant", "cosine"]
 Precision = Literal["fp32", "bf16"]
 Forward = Literal["bridge", "direct"]
+Device = Literal["cpu", "cuda"]
 
 MAX_STEPS = 10**9
 """Most optimizer updates a run may ask for (also bounds every step-count field)."""
@@ -125,6 +126,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "precision": Choice(Precision),
     "forward": Choice(Forward),
     "queries_per_prompt": Integer(1, 1024),
+    "device": Choice(Device),
 }
 """What each :class:`TrainConfig` field accepts."""
 
@@ -212,6 +214,11 @@ class TrainConfig:
     that of as many ordinary sequences (:func:`tinylens.train_forward.shared_prefix_forward`). Needs
     ``forward = "direct"``, a task with a shared prefix, and ``batch_size`` (questions per update) a
     multiple of it."""
+    device: Device = "cpu"
+    """Where the model trains: ``cuda`` needs a CUDA build of torch and a GPU. The weights start
+    the same on either (they are drawn on the CPU), the data stream is the same (drawn on the CPU),
+    but GPU arithmetic rounds differently, so a GPU run is a run of its own. Checkpoints are stored
+    on the CPU; analyses load them there."""
 
     def __post_init__(self) -> None:
         check_fields("train", {f.name: getattr(self, f.name) for f in fields(self)}, TRAIN_RULES)
@@ -228,7 +235,7 @@ class TrainConfig:
                 )
 
 
-ADDED_TRAIN_FIELDS: dict[str, Any] = {"forward": "bridge", "queries_per_prompt": 1}
+ADDED_TRAIN_FIELDS: dict[str, Any] = {"forward": "bridge", "queries_per_prompt": 1, "device": "cpu"}
 """Training fields added after runs were first stored, with their defaults. A run config leaves them
 out of its ``config.json`` (and so of its identity) while they hold the default, so runs trained
 before they existed keep their names and are reused."""

@@ -105,13 +105,16 @@ def answer_loss(
 def score_answers(
     model: torch.nn.Module, task: Task, tokens: Tokens, batch_size: int = 1024
 ) -> tuple[Float[torch.Tensor, "batch answer"], Bool[torch.Tensor, "batch answer"]]:
-    """Teacher-forced per-answer-token loss and correctness, in batches."""
+    """Teacher-forced per-answer-token loss and correctness, in batches, run on the model's device
+    and returned on the CPU."""
+    device = next(model.parameters(), torch.empty(0)).device
     losses, correct = [], []
-    for chunk in tokens.split(batch_size):
+    for cpu_chunk in tokens.split(batch_size):
+        chunk = cpu_chunk.to(device)
         logits = model(chunk)
-        losses.append(answer_loss(logits, chunk, task))
+        losses.append(answer_loss(logits, chunk, task).cpu())
         pred = answer_logits(logits, task).argmax(-1)
-        correct.append(pred == chunk[:, task.answer_positions])
+        correct.append((pred == chunk[:, task.answer_positions]).cpu())
     return torch.cat(losses), torch.cat(correct)
 
 

@@ -146,8 +146,8 @@ def build_model(cfg: ModelConfig, *, seed: int) -> TransformerBridge:
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights as a flat name → tensor dict (copies, safe to write)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """The model's weights as a flat name → tensor dict (CPU copies, safe to write)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def save_model(

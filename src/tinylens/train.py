@@ -44,12 +44,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tinylens.config import RunConfig, TrainConfig, derive_seed
-from tinylens.errors import CheckpointError, TinylensError
+from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.evaluation import EvalResult, answer_logits, evaluate, masked_mean
 from tinylens.model import build_model, model_metadata, model_tensors
 from tinylens.store import Run, load_tensors
 from tinylens.tasks import make_task
 from tinylens.tasks.base import Tokens
+from tinylens.train_data import TrainBatches, default_data_workers
 from tinylens.train_forward import (
     check_direct_forward,
     direct_forward,
@@ -89,6 +90,20 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def training_device(cfg: TrainConfig) -> torch.device:
+    """The device ``cfg.device`` names, if this torch can use it.
+
+    Raises:
+        ConfigError: ``cuda`` was asked for and torch sees no CUDA device.
+    """
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device = 'cuda', but torch {torch.__version__} sees no CUDA device; "
+            "set train.device = 'cpu', or train on a machine with a GPU and a CUDA build of torch"
+        )
+    return torch.device(cfg.device)
+
+
 def checkpoint_steps(cfg: TrainConfig) -> set[int]:
     """Init, last, and ``n_checkpoints`` log-spaced steps in between."""
     spaced = np.unique(np.round(np.geomspace(1, cfg.steps, max(cfg.n_checkpoints, 1))))
@@ -126,16 +141,28 @@ def interrupt_requests_stop(loop: Stoppable) -> Iterator[None]:
 class Trainer:
     """Trains (or resumes) one run. ``Trainer(run, cfg).fit()``."""
 
-    def __init__(self, run: Run, cfg: RunConfig, *, progress: bool = True) -> None:
+    def __init__(
+        self, run: Run, cfg: RunConfig, *, progress: bool = True, data_workers: int | None = None
+    ) -> None:
+        """``data_workers``: processes that build batches ahead (None: :func:`default_data_workers`
+        for the run's device); they never change the batches."""
         self.run = run
         self.cfg = cfg
         self.show_progress = progress
+        self.device = training_device(cfg.train)
         self.task = make_task(cfg.task, cfg.task_options)
+        # drawn on the CPU, so a GPU run starts from the same weights as a CPU run
         self.model = build_model(cfg.model, seed=derive_seed(cfg.seed, "init"))
+        if self.device.type != "cpu":
+            self.model.to(self.device, print_details=False)
         if cfg.train.forward == "direct":
             check_direct_forward(self.model)
         self.optimizer = self._make_optimizer()
         self.data_rng = torch.Generator().manual_seed(derive_seed(cfg.seed, "train-data"))
+        if data_workers is None:
+            data_workers = default_data_workers(self.device)
+        self.data_workers = data_workers
+        self._batches: TrainBatches | None = None  # made on the first step, after any resume
         eval_rng = torch.Generator().manual_seed(derive_seed(cfg.train.eval_seed, "eval-data"))
         self.eval_tokens = self.task.sample(cfg.train.eval_size, eval_rng)
         self.step = 0
@@ -203,6 +230,8 @@ class Trainer:
         except BaseException:
             self.run.set_status("failed")
             raise
+        finally:
+            self.close()
         self.elapsed_s = elapsed_before + time.perf_counter() - started
         if self.step < tc.steps:  # stopped by Ctrl-C: keep everything needed to resume
             self._save_state()  # and no step checkpoint: an uninterrupted run would lack it
@@ -226,13 +255,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, tc)
         self.model.train()
-        k = tc.queries_per_prompt
-        if k > 1:
-            batch = self.task.sample_grouped(tc.batch_size // k, k, self.data_rng, train=True)
-        else:
-            batch = self.task.sample(tc.batch_size, self.data_rng, train=True)
-        device = next(self.model.parameters()).device.type
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+        if self._batches is None:
+            self._batches = TrainBatches(
+                self.task, tc.batch_size, tc.queries_per_prompt, self.data_rng,
+                workers=self.data_workers,
+            )  # fmt: skip
+        batch = self._batches.next().to(self.device)
+        bf16 = tc.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = self._answer_logits(batch)  # [batch, answer, d_vocab]
         target = batch[:, self.task.answer_positions]  # [batch, answer]
         token_loss = F.cross_entropy(pred.float().transpose(1, 2), target, reduction="none")
@@ -247,10 +277,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
         if bool(valid.all()):
-            self._log_sum += token_loss.detach().mean(0).double()
+            self._log_sum += token_loss.detach().mean(0).double().cpu()
         else:  # per-slot mean over the examples that use the slot
             used = valid.sum(0).clamp(min=1)
-            self._log_sum += ((token_loss.detach() * valid).sum(0) / used).double()
+            self._log_sum += ((token_loss.detach() * valid).sum(0) / used).double().cpu()
         self._log_count += 1
 
     def _answer_logits(self, batch: Tokens) -> Float[torch.Tensor, "batch answer d_vocab"]:
@@ -318,7 +348,7 @@ class Trainer:
         opt = self.optimizer.state_dict()
         tensors = {f"model.{k}": v for k, v in weights.items()}
         for idx, state in opt["state"].items():
-            tensors.update({f"optim.{idx}.{k}": v for k, v in state.items()})
+            tensors.update({f"optim.{idx}.{k}": v.cpu() for k, v in state.items()})
         tensors["rng.data"] = self.data_rng.get_state()
         tensors["log.sum"] = self._log_sum.clone()
         meta = model_metadata(self.cfg.model)
@@ -364,6 +394,13 @@ class Trainer:
         self.run.workspace.delete_metrics_after(self.run.name, self.step)
 
     # -- plumbing --
+
+    def close(self) -> None:
+        """Stop the data worker processes, if any (:meth:`fit` does so itself; a caller that
+        drives :meth:`train_step` directly calls this when done)."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
 
     def _make_optimizer(self) -> torch.optim.AdamW:
         tc = self.cfg.train

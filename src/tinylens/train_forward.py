@@ -86,7 +86,7 @@ def split_shared_prefix(
     groups = tokens.reshape(rows // k, k, seq)
     if not bool((groups[:, :, :prefix_len] == groups[:, :1, :prefix_len]).all()):
         raise ConfigError(f"the {k} sequences of a group must share their first {prefix_len} tokens")
-    used = valid.any(0)  # [answer]: slots any row uses
+    used = valid.any(0).to(answer_positions.device)  # [answer]: slots any row uses
     last = int(answer_positions[used].max()) if bool(used.any()) else prefix_len
     seg = last + 1 - prefix_len  # a segment runs to the last used answer slot
     offset = answer_positions - 1 - prefix_len  # the column that predicts each slot

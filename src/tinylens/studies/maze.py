@@ -78,9 +78,11 @@ PAPER: dict[str, dict[str, Any]] = {
     "train": {
         "steps": 50_000, "batch_size": 128, "lr": 5e-4, "warmup_steps": 500,
         "queries_per_prompt": 1,  # one query per maze, as maze-transformer trains
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
     },
 }  # fmt: skip
-"""5×5 mazes with a model the size of maze-transformer's: GPU-sized (hours on a CPU)."""
+"""5×5 mazes with a model the size of maze-transformer's: GPU-sized (hours on a CPU). It trains on
+the GPU where torch sees one; its analyses run on the CPU."""
 
 
 def study_config(preset: str) -> MazeStudyConfig:

@@ -21,6 +21,12 @@ Tokens = Int[torch.Tensor, "batch pos"]
 """A batch of token sequences of one task, ``int64``."""
 
 
+def draw_batch_seed(generator: torch.Generator) -> int:
+    """A batch's seed: the one draw from ``generator`` that a task with
+    :attr:`Task.seeded_batches` makes per batch."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
 class Task(ABC):
     """One algorithmic task: its text format, generator and per-example labels."""
 
@@ -28,6 +34,10 @@ class Task(ABC):
     """Registry key, e.g. ``"addition"``."""
     generation_metric_names: ClassVar[tuple[str, ...]] = ()
     """Keys that :meth:`generation_metrics` returns; empty if the task has none."""
+    seeded_batches: ClassVar[bool] = False
+    """True when :meth:`sample` and :meth:`sample_grouped` draw exactly one :func:`draw_batch_seed`
+    from their generator and build the batch from it alone (:meth:`batch_from_seed`), so a trainer
+    can build the next batches ahead of time in other processes without changing them."""
 
     @property
     @abstractmethod
@@ -118,6 +128,12 @@ class Task(ABC):
             f"the {self.name} task has no prefix shared between questions; "
             "train it with train.queries_per_prompt = 1"
         )
+
+    def batch_from_seed(self, seed: int, n: int, *, k: int = 1, train: bool = False) -> Tokens:
+        """The batch that :meth:`sample` (``k == 1``) or :meth:`sample_grouped` (``n // k`` groups of
+        ``k``) returns after drawing ``seed``; only tasks with :attr:`seeded_batches` have it."""
+        del seed, n, k, train
+        raise NotImplementedError(f"the {self.name} task does not build batches from a seed")
 
     @property
     def prompt_len(self) -> int:

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from tinylens.errors import ConfigError, TokenError, quote, unknown_name
-from tinylens.tasks.base import Task, Tokens
+from tinylens.tasks.base import Task, Tokens, draw_batch_seed
 from tinylens.tasks.maze import (
     GENERATORS,
     MAX_GRID,
@@ -96,6 +96,7 @@ class MazeTask(Task):
 
     name: ClassVar[str] = "maze"
     generation_metric_names: ClassVar[tuple[str, ...]] = ("exact_path", "valid_path", "target_reached")
+    seeded_batches: ClassVar[bool] = True
 
     def __init__(self, grid: int = 5, generator: str = "dfs") -> None:
         """
@@ -145,14 +146,7 @@ class MazeTask(Task):
         the held-out split (see :func:`is_held_out`), so a maze scored as held out was never trained
         on, whatever the seeds.
         """
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        rng = np.random.default_rng(seed)
-        rows = []
-        while len(rows) < n:
-            solved = random_solved(generate(self.generator, self.grid, rng), rng)
-            if is_held_out(solved) != train:
-                rows.append(self._layout(as_tokens(solved, rng)))
-        return torch.tensor(rows, dtype=torch.int64).reshape(n, self.seq_len)
+        return self.batch_from_seed(draw_batch_seed(generator), n, train=train)
 
     @property
     def shared_prefix_len(self) -> int:
@@ -165,22 +159,26 @@ class MazeTask(Task):
         """``n_groups`` random mazes with ``k`` (origin, target) queries each, drawn independently
         (with replacement) from the maze's problems in the split ``train`` asks for (see
         :meth:`sample`). The k sequences of a maze share its adjacency list, in the same order."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        return self.batch_from_seed(draw_batch_seed(generator), n_groups * k, k=k, train=train)
+
+    def batch_from_seed(self, seed: int, n: int, *, k: int = 1, train: bool = False) -> Tokens:
+        if k > 1 and n % k:
+            raise ConfigError(f"{n} sequences do not split into groups of {k}")
         rng = np.random.default_rng(seed)
         rows = []
-        while len(rows) < n_groups * k:
+        while len(rows) < n:
             maze = generate(self.generator, self.grid, rng)
             solved = random_solved(maze, rng)
             if is_held_out(solved) == train:
-                continue  # as in sample(): a maze whose first draw is in the other split is skipped
+                continue  # a maze whose first draw is in the other split is skipped
             words = as_tokens(solved, rng)
-            prefix = words[: words.index(ADJLIST_END) + 1]
             rows.append(self._layout(words))
+            prefix = words[: words.index(ADJLIST_END) + 1]
             while len(rows) % k:  # the first query belongs to the split, so this ends
                 solved = random_solved(maze, rng)
                 if is_held_out(solved) != train:
                     rows.append(self._layout([*prefix, *query_tokens(solved)]))
-        return torch.tensor(rows, dtype=torch.int64).reshape(n_groups * k, self.seq_len)
+        return torch.tensor(rows, dtype=torch.int64).reshape(n, self.seq_len)
 
     def answer_valid(self, tokens: Tokens) -> Bool[torch.Tensor, "batch answer"]:
         """Answer slots up to and including each sequence's ``<PATH_END>``."""
