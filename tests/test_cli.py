@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinylens import cli
 from tinylens import runs as runs_api
 from tinylens.cli import main
 from tinylens.config import derive_seed
@@ -256,6 +257,16 @@ def test_a_training_stopped_by_ctrl_c_exits_130(
     code, out, err = run_cli(capsys, "train", "addition", "--preset", "tiny", "-w", str(tmp_path))
     assert code == 130 and out == ""
     assert err.strip() == "interrupted at step 7; continue with `tinylens resume addition-tiny-x`"
+
+
+def test_ctrl_c_after_the_command_returned_is_ignored() -> None:
+    """The real process's handler: a Ctrl-C that lands between the command's return and the exit
+    (where a handler swap would still raise) does nothing."""
+    handler = cli._CtrlC()
+    with pytest.raises(KeyboardInterrupt):
+        handler.handle(signal.SIGINT, None)
+    handler.accepted = False
+    handler.handle(signal.SIGINT, None)
 
 
 def test_two_ctrl_c_in_a_row_never_exit_0(tmp_path: Path) -> None:

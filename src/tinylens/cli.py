@@ -360,20 +360,37 @@ def _print_eval(run: str, step: int, result: EvalResult) -> None:
         out.print(table)
 
 
+class _CtrlC:
+    """The real process's SIGINT handler: Ctrl-C raises KeyboardInterrupt while a command runs and
+    is ignored once it has returned, so a further Ctrl-C while the process reports and exits cannot
+    change its exit code or print a traceback. A flag, not a handler swap: Python may run a pending
+    handler between any two steps, including just before a swap."""
+
+    accepted = True
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.accepted:
+            raise KeyboardInterrupt
+
+
+_ctrl_c = _CtrlC()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command line ``argv`` (default: ``sys.argv[1:]``).
 
     Returns normally on success; otherwise exits with :data:`EXIT_USAGE` after a one-line
     ``error: …`` for anything the user can fix, or :data:`EXIT_INTERRUPTED` after Ctrl-C.
     """
+    if argv is None:  # the real process (in-process callers, such as tests, keep their own)
+        _ctrl_c.accepted = True
+        signal.signal(signal.SIGINT, _ctrl_c.handle)
     try:
         code, message = _run(argv)
+        _ctrl_c.accepted = False
     except KeyboardInterrupt:  # e.g. a second Ctrl-C while an error was being handled
+        _ctrl_c.accepted = False
         code, message = EXIT_INTERRUPTED, "interrupted"
-    if code == EXIT_INTERRUPTED and argv is None:
-        # The real process: a further Ctrl-C while shutting down must not change the exit code
-        # (in-process callers, such as tests, keep their own SIGINT handling).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if message:
         err.print(_one_line(message), highlight=False, markup=False, soft_wrap=True)
     if code:
