@@ -76,7 +76,11 @@ class TrainBatches:
         """The next batch, ``[batch_size, seq_len]`` token ids on the CPU."""
         if self.workers == 0:
             return self._draw_in_place()
-        self._top_up()
+        try:
+            self._top_up()
+        except BrokenProcessPool:  # a worker died between steps: the pool takes no more work
+            self._lose_workers()
+            return self._draw_in_place()
         seed = draw_batch_seed(self.generator)
         queued_seed, batch = self._queue.popleft()
         if seed != queued_seed:  # only if something else drew from the run's generator
@@ -84,15 +88,18 @@ class TrainBatches:
         try:
             return batch.result()
         except BrokenProcessPool:  # a worker died (killed, out of memory): carry on without them
-            print(
-                "tinylens: a data worker process died; drawing the batches in place from now on "
-                "(the same batches, more slowly)",
-                file=sys.stderr,
-                flush=True,
-            )
-            self.close()
-            self.workers = 0
+            self._lose_workers()
             return self.task.batch_from_seed(seed, self.batch_size, k=self.k, train=True)
+
+    def _lose_workers(self) -> None:
+        print(
+            "tinylens: a data worker process died; drawing the batches in place from now on "
+            "(the same batches, more slowly)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.close()
+        self.workers = 0
 
     def close(self) -> None:
         """Stop the worker processes (batches built ahead are dropped; nothing is lost)."""
