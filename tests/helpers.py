@@ -61,6 +61,19 @@ def native_cfg(d_vocab: int, **overrides: object) -> TransformerBridgeConfig:
     return TransformerBridgeConfig(**{**base, **overrides})
 
 
+def stop_every_trainer_at(monkeypatch, step: int) -> None:
+    """Make every Trainer (also those made out of reach, e.g. inside a sweep) stop after ``step``,
+    as the first Ctrl-C does."""
+    original = Trainer.train_step
+
+    def step_then_ctrl_c(self: Trainer) -> None:
+        original(self)
+        if self.step == step:
+            self._stop_requested = True
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+
+
 def stop_after(trainer: Trainer, step: int) -> None:
     """Make ``trainer`` stop after ``step`` as a Ctrl-C between that step and the next would."""
     take_step = trainer.train_step

@@ -22,7 +22,7 @@ from tinylens.runs import load_trained, resume, train
 from tinylens.store import Workspace, load_tensors
 from tinylens.train import DivergenceError, Trainer, checkpoint_steps
 
-from .helpers import run_cfg
+from .helpers import run_cfg, stop_every_trainer_at
 from .test_train import all_metrics, assert_same_weights, weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,19 +133,12 @@ def test_non_finite_weights_are_never_saved(tmp_path: Path, monkeypatch: pytest.
 def test_ctrl_c_adds_no_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = run_cfg(steps=60)
     assert 8 not in checkpoint_steps(cfg.train)
-    original = Trainer.train_step
-
-    def step_then_ctrl_c(self: Trainer) -> None:
-        original(self)
-        if self.step == 8:
-            self._stop_requested = True  # what the first Ctrl-C does
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    stop_every_trainer_at(monkeypatch, 8)
     ws = Workspace(tmp_path / "a")
     stopped = train(ws, cfg, progress=False)
     assert (stopped.status, stopped.step) == ("interrupted", 8)
     assert 8 not in ws.run(stopped.run).checkpoint_steps()
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.undo()
     resume(ws, stopped.run, progress=False)
 
     straight = train(Workspace(tmp_path / "b"), cfg, progress=False)

@@ -11,7 +11,6 @@ import math
 import re
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -24,15 +23,16 @@ from typer._click import exceptions as click_errors  # Typer's own copy of click
 from tinylens import runs as runs_api
 from tinylens.analysis import interpolate
 from tinylens.cli_invert import invert_app
-from tinylens.config import PRESETS, derive_seed, make_run_config, read_overrides
+from tinylens.config import PRESETS, make_run_config, read_overrides
 from tinylens.errors import Interrupted, TinylensError
-from tinylens.evaluation import EVAL_BATCH, EvalResult, EvalTally, greedy_answer
+from tinylens.evaluation import EvalResult, evaluate_fresh, greedy_answer
 from tinylens.model import load_pretrained
 from tinylens.store import DEFAULT_WORKSPACE, Workspace
 from tinylens.studies import STUDIES, run_study
 from tinylens.studies.regions import read_prompts, tokenize_prompts
 from tinylens.studies.regions_analyses import BOUNDARY, SAME_REGION
-from tinylens.tasks import TASKS, Task
+from tinylens.sweep import SweepSpec, TrialResult, read_spec, run_sweep, write_report
+from tinylens.tasks import TASKS
 
 app = typer.Typer(
     name="tinylens",
@@ -121,19 +121,8 @@ def eval_run(
     if not 1 <= n <= MAX_EVAL_QUESTIONS:
         raise TinylensError(f"--n must be between 1 and {MAX_EVAL_QUESTIONS:_}, got {n}")
     trained = runs_api.load_trained(Workspace(workspace), run, checkpoint)
-    rng = torch.Generator().manual_seed(derive_seed(seed, "cli-eval"))
-    task, model = trained.task, trained.model
-    tally = EvalTally(task)
-    generated = {name: 0.0 for name in task.generation_metric_names}
-    for tokens in _sample_batches(task, n, rng):
-        tally.score(model, tokens)
-        if generated:  # decode for real: judge what the model writes
-            prompt = tokens[:, : task.prompt_len]
-            answer = greedy_answer(model, task, prompt)
-            for name, value in task.generation_metrics(prompt, answer).items():
-                generated[name] += value * len(tokens)  # metrics are means over questions
-    generated = {name: total / n for name, total in generated.items()}
-    result = tally.result()
+    fresh = evaluate_fresh(trained.model, trained.task, n, seed)
+    result, generated = fresh.result, fresh.generation
     if as_json:
         payload = {"run": run, "step": trained.step, "seed": seed, **result.to_dict()}
         print(_strict_json({**payload, "generation": generated}))
@@ -141,12 +130,6 @@ def eval_run(
     _print_eval(run, trained.step, result)
     for name, value in generated.items():
         out.print(f"{name.replace('_', ' ')} (greedy decoding): {value:.2%}", highlight=False)
-
-
-def _sample_batches(task: Task, n: int, rng: torch.Generator) -> Iterator[torch.Tensor]:
-    """``n`` fresh questions, drawn and handed out :data:`EVAL_BATCH` at a time."""
-    for start in range(0, n, EVAL_BATCH):
-        yield task.sample(min(EVAL_BATCH, n - start), rng)
 
 
 @app.command()
@@ -303,6 +286,68 @@ def _list_studies() -> None:
             "yes" if study_.takes_prompts else "",
             study_.summary,
         )
+    out.print(table)
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="The sweep's spec file (TOML; see the README).")],
+    backend: Annotated[
+        str, typer.Option(help="local: one trial after another here; ray: Ray tasks.")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (ray backend; default: start a local Ray)."),
+    ] = None,
+    cpus: Annotated[
+        int | None, typer.Option(help="CPUs of the local Ray (ray backend; default: all).", min=1)
+    ] = None,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    report: Annotated[
+        bool, typer.Option("--report", help="Also write report.html: a table and figures.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train and measure every trial of a spec that is not done yet (a rerun trains nothing more),
+    then print one row per trial."""
+    if address is not None and backend != "ray":
+        raise TinylensError("--address is for the ray backend; add --backend ray")
+    parsed = read_spec(spec)
+    ws = Workspace(workspace)
+    result = run_sweep(ws, parsed, backend=backend, address=address, num_cpus=cpus, progress=progress)
+    report_path = write_report(result.run, parsed, result.trials) if report else None
+    if as_json:
+        print(_strict_json([t.to_dict() for t in result.trials]))
+    else:
+        _print_trials(parsed, result.trials)
+        trained = sum(o.trained_steps for o in result.outcomes.values())
+        err.print(
+            f"{len(result.outcomes)} of {len(result.trials)} trials ran now ({trained} steps trained); "
+            f"results in {result.run.path / 'results' / 'trials.json'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if report_path is not None:
+            out.print(str(report_path), highlight=False, soft_wrap=True)
+    if result.failed:
+        first = result.failed[0]
+        raise TinylensError(
+            f"{len(result.failed)} of {len(result.trials)} trials did not finish (run {first.run}: "
+            f"{first.error or first.status}); fix the cause and run the sweep again: finished "
+            "trials are kept"
+        )
+
+
+def _print_trials(spec: SweepSpec, trials: list[TrialResult]) -> None:
+    metrics = [m for m in dict.fromkeys(k for t in trials for k in t.metrics) if m != "train_seconds"]
+    table = Table("trial", *spec.axes, "status", *metrics, title=f"sweep {spec.name}")
+    for t in trials:
+        values = [
+            f"{v:.4g}" if not math.isnan(v) else "-"
+            for v in (t.metrics.get(m, math.nan) for m in metrics)
+        ]
+        table.add_row(str(t.trial), *(str(t.axes.get(a, "")) for a in spec.axes), t.status, *values)
     out.print(table)
 
 

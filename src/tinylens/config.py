@@ -448,22 +448,33 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def read_overrides(path: Path) -> dict[str, dict[str, Any]]:
-    """Read a TOML or JSON file of ``{"task"|"model"|"train": {field: value}}`` overrides."""
+def read_toml_or_json(path: Path, what: str = "config file") -> Any:
+    """The parsed contents of a TOML file (JSON if its suffix is ``.json``).
+
+    Raises:
+        ConfigError: the file is unreadable, not UTF-8 or does not parse; the message calls it
+            ``what``.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 TOML or JSON"
+            f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 TOML or JSON"
         ) from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, RecursionError) as err:  # JSON/TOML decode errors are ValueErrors
         message = str(err) if isinstance(err, ValueError) else "nested too deeply"
-        raise ConfigError(f"config file {path} does not parse: {shown(message, 200)}") from None
+        raise ConfigError(f"{what} {path} does not parse: {shown(message, 200)}") from None
+
+
+def read_overrides(path: Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML or JSON file of ``{"task"|"model"|"train": {field: value}}`` overrides."""
+    path = Path(path)
+    data = read_toml_or_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of sections [task], [model], [train]")
     _reject_unknown(f"section of {path.name}:", data, {"task", "model", "train"})

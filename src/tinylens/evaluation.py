@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 
+from tinylens.config import derive_seed
 from tinylens.tasks.base import Task, Tokens
 
 EVAL_BATCH = 512
@@ -293,3 +294,32 @@ def greedy_answer(
         if end is not None:
             active &= answer[:, i] != end[0]
     return answer
+
+
+@dataclass(frozen=True)
+class FreshEval:
+    """Scores on fresh questions (what ``tinylens eval`` prints)."""
+
+    result: EvalResult
+    """Teacher-forced: exact match, loss, per answer position and per group."""
+    generation: dict[str, float]
+    """The task's greedy-decoding metrics (e.g. a maze's valid-path rate), means over the
+    questions; empty for tasks that have none."""
+    seed: int
+
+
+def evaluate_fresh(model: torch.nn.Module, task: Task, n: int, seed: int) -> FreshEval:
+    """Score ``model`` on ``n`` fresh questions of ``task`` drawn from ``seed``, :data:`EVAL_BATCH`
+    at a time; the same ``n`` and ``seed`` give the same questions as ``tinylens eval``."""
+    rng = torch.Generator().manual_seed(derive_seed(seed, "cli-eval"))
+    tally = EvalTally(task)
+    generated = dict.fromkeys(task.generation_metric_names, 0.0)
+    for start in range(0, n, EVAL_BATCH):
+        tokens = task.sample(min(EVAL_BATCH, n - start), rng)
+        tally.score(model, tokens)
+        if generated:  # decode for real: judge what the model writes
+            prompt = tokens[:, : task.prompt_len]
+            answer = greedy_answer(model, task, prompt)
+            for name, value in task.generation_metrics(prompt, answer).items():
+                generated[name] += value * len(tokens)  # metrics are means over questions
+    return FreshEval(tally.result(), {k: total / n for k, total in generated.items()}, seed)

@@ -78,6 +78,8 @@ class TrainResult:
     """Held-out scores at the last step (None if interrupted)."""
     elapsed_s: float
     """Training wall-clock seconds, summed over resumed sessions."""
+    trained_steps: int = 0
+    """Optimizer steps this call took (0 when the run had already finished)."""
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -199,6 +201,7 @@ class Trainer:
     def _fit(self) -> TrainResult:
         tc = self.cfg.train
         self._restore()
+        first_step = self.step
         ckpt_steps = checkpoint_steps(tc)
         self.run.set_status("running", self.step)
         started = time.perf_counter()
@@ -236,7 +239,9 @@ class Trainer:
         if self.step < tc.steps:  # stopped by Ctrl-C: keep everything needed to resume
             self._save_state()  # and no step checkpoint: an uninterrupted run would lack it
             self.run.set_status("interrupted", self.step)
-            return TrainResult(self.run.name, self.step, "interrupted", None, self.elapsed_s)
+            return TrainResult(
+                self.run.name, self.step, "interrupted", None, self.elapsed_s, self.step - first_step
+            )
         if final_eval is None:  # resumed a finished run
             final_eval = evaluate(self.model.eval(), self.task, self.eval_tokens)
         self.run.write_result(
@@ -244,7 +249,9 @@ class Trainer:
             {"step": self.step, "elapsed_s": self.elapsed_s, "eval": final_eval.to_dict()},
         )
         self.run.set_status("done", self.step)
-        return TrainResult(self.run.name, self.step, "done", final_eval, self.elapsed_s)
+        return TrainResult(
+            self.run.name, self.step, "done", final_eval, self.elapsed_s, self.step - first_step
+        )
 
     # -- one step --
 

@@ -44,7 +44,7 @@ from tinylens.store.checkpoints import (
     save_tensors,
 )
 from tinylens.store.files import STALE_AFTER_S, atomic_path, config_hash, read_json, write_json
-from tinylens.store.index import RunInfo
+from tinylens.store.index import RunInfo, RunState
 from tinylens.store.layout import DB_NAME, DEFAULT_WORKSPACE, METRICS_FILE, STATUS_FILE
 from tinylens.store.locks import _host_tag as _host_tag  # not public; tests name it
 from tinylens.store.metrics import MetricRow, MetricSeries, read_metrics_file
@@ -55,6 +55,7 @@ __all__ = [
     "Workspace",
     "Run",
     "RunInfo",
+    "RunState",
     "DEFAULT_WORKSPACE",
     # metrics
     "MetricSeries",

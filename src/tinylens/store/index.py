@@ -53,7 +53,7 @@ class RunInfo:
 
     name: str
     kind: str
-    """What made the run: ``"train"`` or ``"study"``."""
+    """What made the run: ``"train"``, ``"study"`` or ``"sweep"``."""
     status: str
     """``"running"``, ``"interrupted"``, ``"done"`` or ``"failed"``. A run recorded as running
     whose process has died (on this machine) is reported ``"interrupted"``."""
@@ -63,6 +63,20 @@ class RunInfo:
     created: float
     """Unix time."""
     updated: float
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run's ``status.json``, read from its folder alone (no index): what its last writer said."""
+
+    status: str
+    """As :attr:`RunInfo.status`: a ``"running"`` run whose process died on this host reads
+    ``"interrupted"``; ``"unknown"`` when the file is missing or damaged."""
+    step: int
+    pid: int | None
+    """The last writer's process id."""
+    host: str | None
+    """The last writer's host name."""
 
 
 def _is_database_damage(err: sqlite3.Error) -> bool:
@@ -105,11 +119,21 @@ class _WorkspaceIndex:
 
     root: Path
     read_only: bool
+    indexed: bool
     _db: sqlite3.Connection | None
 
     @property
     def db(self) -> sqlite3.Connection:
-        """The index, opened (created in WAL mode, or rebuilt, as needed) on first use."""
+        """The index, opened (created in WAL mode, or rebuilt, as needed) on first use.
+
+        Raises:
+            TinylensError: this is a files-only handle (``Workspace(root, index=False)``).
+        """
+        if not self.indexed:
+            raise TinylensError(
+                f"this handle on workspace {self.root} writes run files only (index=False); "
+                "open Workspace(root) to list runs or read indexed metrics"
+            )
         if self._db is None:
             path = self.root / DB_NAME
             writable = not self.root.exists() or (
@@ -258,7 +282,7 @@ class _WorkspaceIndex:
         ).fetchone()
         kind, state, step, created, updated = old or (None, None, None, None, None)
         status = _well_typed(status)  # a damaged field falls back to the old row or a guess
-        kind = status.get("kind") or kind or ("study" if name.startswith("study-") else "train")
+        kind = status.get("kind") or kind or _guess_kind(name)
         state = status.get("status") or state or _guess_status(folder)
         step = status.get("step", step if step is not None else _guess_step(folder))
         created = status.get("created") or created or (folder / "config.json").stat().st_mtime
@@ -296,7 +320,11 @@ class _WorkspaceIndex:
         return self.root
 
     def _require_writable(self) -> None:
-        _ = self.db
+        if not self.indexed:  # a files-only handle: the folder is what must be writable
+            if not _is_writable(self._ensure_root()):
+                self.read_only = True
+        else:
+            _ = self.db
         if self.read_only:
             raise TinylensError(
                 f"workspace {self.root} is read-only here; it can be listed and read, not "
@@ -337,6 +365,13 @@ def _well_typed(status: dict[str, Any]) -> dict[str, Any]:
 def _status_record(folder: Path) -> dict[str, Any]:
     record = _read_json_or_none(folder / STATUS_FILE)
     return record if isinstance(record, dict) else {}
+
+
+def _guess_kind(name: str) -> str:
+    for kind in ("study", "sweep"):
+        if name.startswith(f"{kind}-"):
+            return kind
+    return "train"
 
 
 def _guess_status(folder: Path) -> str:

@@ -43,8 +43,10 @@ from tinylens.store.index import (
     _INSERT_RUN,
     _RUN_COLUMNS,
     RunInfo,
+    RunState,
     _insert_metrics,
     _status_record,
+    _well_typed,
     _WorkspaceIndex,
 )
 from tinylens.store.layout import (
@@ -86,14 +88,21 @@ class Workspace(_WorkspaceIndex):
     The index is rebuilt from the run folders when ``tinylens.db`` is missing, empty or corrupt (a
     corrupt one is kept as ``tinylens.db.corrupt-TIME``). A workspace this process may not write is
     opened read-only: listing and reading work, writing raises :class:`TinylensError`.
+
+    ``index=False`` opens a handle that writes run files only and never opens ``tinylens.db``: what
+    a sweep's workers use, so that the driver stays the index's one writer (it calls
+    :meth:`index_run` when a worker is done). Listing runs and reading indexed metrics need the
+    index and raise on such a handle; a run's own files read and write as usual.
     """
 
-    def __init__(self, root: Path | str = DEFAULT_WORKSPACE) -> None:
+    def __init__(self, root: Path | str = DEFAULT_WORKSPACE, *, index: bool = True) -> None:
         self.root = Path(root)
         _check_root(self.root)
         self._db: sqlite3.Connection | None = None
         self.read_only = False
         """Set when the index was opened read-only (the folder or database is not writable)."""
+        self.indexed = index
+        """False: a files-only handle (see above)."""
 
     def reindex(self) -> list[str]:
         """Rebuild the run index from the run folders; return the names indexed, oldest first.
@@ -116,6 +125,28 @@ class Workspace(_WorkspaceIndex):
 
         with _exclusive(self._ensure_root()):
             return self._query(rebuild)
+
+    def index_run(self, name: str) -> None:
+        """Bring run ``name``'s index row and metrics up to date with its folder, e.g. after a
+        files-only handle (``index=False``, a sweep's worker) trained it. The run's
+        ``metrics.jsonl``, when it has one, replaces its indexed metrics.
+
+        Raises:
+            RunNotFoundError: there is no such run folder.
+            TinylensError: the workspace is read-only, or this handle is files-only.
+        """
+        run = self.run(name)
+        self._require_writable()
+
+        def update(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(_INSERT_RUN, self._row(db, name))
+                if (run.path / METRICS_FILE).is_file():
+                    db.execute("DELETE FROM metrics WHERE run = ?", (name,))
+                _insert_metrics(db, name, read_metrics_file(run.path / METRICS_FILE))
+
+        self._query(update)
 
     # -- runs --
 
@@ -216,7 +247,7 @@ class Workspace(_WorkspaceIndex):
         self._require_writable()
         folder = self.root / name
         record = _status_record(folder) or {}
-        if not record:  # a run made before status files existed: start from its index row
+        if not record and self.indexed:  # a run made before status files: start from its index row
             row = self._query(
                 lambda db: db.execute(
                     "SELECT kind, step, created FROM runs WHERE name = ?", (name,)
@@ -230,6 +261,8 @@ class Workspace(_WorkspaceIndex):
         )
         if folder.is_dir():
             write_json(folder / STATUS_FILE, record)
+        if not self.indexed:
+            return
 
         def update(db: sqlite3.Connection) -> None:
             with db:
@@ -287,6 +320,8 @@ class Workspace(_WorkspaceIndex):
         if not folder.is_dir():
             raise RunNotFoundError(f"no run folder {folder} to log metrics into")
         _append_metrics(folder / METRICS_FILE, clean)
+        if not self.indexed:
+            return
 
         def insert(db: sqlite3.Connection) -> None:
             with db:
@@ -298,6 +333,8 @@ class Workspace(_WorkspaceIndex):
         """Drop metrics logged after ``step`` (a resumed run recomputes them)."""
         self._require_writable()
         _drop_metrics_after(self.root / run / METRICS_FILE, step)
+        if not self.indexed:
+            return
 
         def delete(db: sqlite3.Connection) -> None:
             with db:
@@ -474,6 +511,19 @@ class Run:
     def metric_rows(self) -> list[MetricRow]:
         """The rows of the run's own ``metrics.jsonl`` (NaN included), in the order logged."""
         return read_metrics_file(self.path / METRICS_FILE)
+
+    def state(self) -> RunState:
+        """The run's ``status.json`` as its last writer left it (no index needed), with a
+        ``running`` run whose process died on this host shown ``interrupted``."""
+        record = _status_record(self.path)
+        checked = _well_typed(record)
+        pid, host = record.get("pid"), record.get("host")
+        pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+        host = host if isinstance(host, str) else None
+        status = checked.get("status", "unknown")
+        if status == "running" and pid is not None and host == socket.gethostname():
+            status = status if _pid_alive(pid) else "interrupted"
+        return RunState(status, checked.get("step", 0), pid, host)
 
     # -- concurrency and housekeeping --
 

@@ -77,10 +77,11 @@ def render_report(
         f"<td>{html.escape(c.rule)}</td></tr>"
         for c in claims
     )
-    parts.append(
-        "<h2>Claims</h2><table><thead><tr><th>claim</th><th>paper</th><th>measured</th><th>control</th>"
-        f"<th>verdict</th><th>rule</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
+    if claims:  # a sweep's report has none
+        parts.append(
+            "<h2>Claims</h2><table><thead><tr><th>claim</th><th>paper</th><th>measured</th>"
+            f"<th>control</th><th>verdict</th><th>rule</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
     pngs: dict[str, bytes] = {}
     for i, section in enumerate(sections):
         parts.append(f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>")
