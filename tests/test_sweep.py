@@ -11,6 +11,7 @@ import pytest
 from tinylens import cli
 from tinylens.errors import ConfigError, Interrupted, TinylensError
 from tinylens.store import DB_NAME, Workspace
+from tinylens.studies import run_study
 from tinylens.sweep import backends as sweep_backends
 from tinylens.sweep import expand, parse_spec, read_spec, run_sweep, write_report
 from tinylens.sweep.driver import TrialResult, read_trials
@@ -359,3 +360,53 @@ def test_the_example_spec_is_valid_and_shown_in_the_readme() -> None:
     assert {t.config.model.n_layers for t in trials} == {1, 2}
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert f"```toml\n{example.read_text(encoding='utf-8')}```" in readme
+
+
+# -- studies that take a sweep's family --
+
+
+def _seqcont_family() -> dict:
+    return spec_table(
+        sweep={"name": "widths", "task": "seqcont", "preset": "cpu"},
+        base={
+            "model": {"n_layers": 2},
+            "train": {
+                "steps": 60,
+                "eval_every": 30,
+                "eval_size": 64,
+                "save_every": 30,
+                "n_checkpoints": 4,
+            },
+        },
+        grid={"model.d_model": [32, 16]},
+        measure={},
+    )
+
+
+def test_the_regions_study_measures_a_sweeps_trials_without_retraining_them(
+    tmp_path: Path, count_steps: list[int]
+) -> None:
+    spec = parse_spec(_seqcont_family())
+    swept = run_sweep(Workspace(tmp_path), spec, progress=False)
+    assert len(count_steps) == 2 * 60
+    family = tuple(t.config for t in expand(spec))
+    study = run_study("regions", Workspace(tmp_path), "tiny", progress=False, family=family)
+    assert len(count_steps) == 2 * 60  # the study reused the sweep's runs
+    sizes = study.read_result("sizes")
+    assert [s["d_model"] for s in sizes] == [16, 32]  # smallest first
+    assert {s["run"] for s in sizes} == {t.run for t in swept.trials}
+
+
+def test_a_sweep_family_must_suit_the_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    addition = tuple(t.config for t in expand(four_trials()))
+    with pytest.raises(ConfigError, match='must have task = "seqcont"'):
+        run_study("regions", Workspace(tmp_path), "tiny", progress=False, family=addition)
+    with pytest.raises(ConfigError, match="--sweep applies to the regions study only"):
+        run_study("addition", Workspace(tmp_path), "tiny", progress=False, family=addition)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(_seqcont_family()))
+    with pytest.raises(SystemExit):
+        cli.main(
+            ["study", "regions", "--sweep", str(spec), "--model", str(tmp_path), "-w", str(tmp_path)]
+        )
+    assert capsys.readouterr().err.startswith("error: give --sweep (a family of our models) or --model")

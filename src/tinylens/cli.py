@@ -31,7 +31,7 @@ from tinylens.store import DEFAULT_WORKSPACE, Workspace
 from tinylens.studies import STUDIES, run_study
 from tinylens.studies.regions import read_prompts, tokenize_prompts
 from tinylens.studies.regions_analyses import BOUNDARY, SAME_REGION
-from tinylens.sweep import SweepSpec, TrialResult, read_spec, run_sweep, write_report
+from tinylens.sweep import SweepSpec, TrialResult, expand, read_spec, run_sweep, write_report
 from tinylens.tasks import TASKS
 
 app = typer.Typer(
@@ -233,6 +233,7 @@ def regions(
 
 _TAKERS = ", ".join(n for n, s in STUDIES.items() if s.takes_model)
 _PROMPT_TAKERS = ", ".join(n for n, s in STUDIES.items() if s.takes_prompts)
+_FAMILY_TAKERS = ", ".join(n for n, s in STUDIES.items() if s.takes_family)
 
 
 @app.command()
@@ -258,6 +259,13 @@ def study(
             "checkpoint (each line tokenised by its tokenizer)."
         ),
     ] = None,
+    sweep: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"{_FAMILY_TAKERS} only: a sweep spec whose trials are the model family to study "
+            "(trained, or reused if the sweep ran them)."
+        ),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     list_: Annotated[
@@ -272,18 +280,28 @@ def study(
         raise TinylensError(
             f"name a study to run ({', '.join(STUDIES)}), or `tinylens study --list` to see them"
         )
-    run = run_study(name, Workspace(workspace), preset, progress=progress, model=model, prompts=prompts)
+    family = tuple(t.config for t in expand(read_spec(sweep))) if sweep is not None else None
+    run = run_study(
+        name,
+        Workspace(workspace),
+        preset,
+        progress=progress,
+        model=model,
+        prompts=prompts,
+        family=family,
+    )
     out.print(str(run.report_path), highlight=False, soft_wrap=True)
 
 
 def _list_studies() -> None:
-    table = Table("study", "presets", "--model", "--prompts", "paper and question")
+    table = Table("study", "presets", "--model", "--prompts", "--sweep", "paper and question")
     for study_ in STUDIES.values():
         table.add_row(
             study_.name,
             ", ".join(study_.presets),
             "yes" if study_.takes_model else "",
             "yes" if study_.takes_prompts else "",
+            "yes" if study_.takes_family else "",
             study_.summary,
         )
     out.print(table)

@@ -64,6 +64,9 @@ class StudyInputs:
     """A local Hugging Face checkpoint folder (studies with ``takes_model``)."""
     prompts: Path | None = None
     """A text file of prompts, one per line (studies with ``takes_prompts``)."""
+    family: tuple[RunConfig, ...] | None = None
+    """A family of models to study instead of the study's own (studies with ``takes_family``):
+    the trials of a sweep (``--sweep SPEC``), trained or reused as ordinary runs."""
 
 
 C = TypeVar("C", bound=StudyConfig)
@@ -121,6 +124,8 @@ class Study(Generic[C, R]):
     """Whether ``--model DIR`` can replace the trained model by a local pretrained checkpoint."""
     takes_prompts: bool = False
     """Whether ``--prompts FILE`` can replace the task's prompts by a user's text file."""
+    takes_family: bool = False
+    """Whether ``--sweep SPEC`` can replace the study's model family by a sweep's trials."""
 
 
 STUDIES: dict[str, Study[Any, Any]] = {}
@@ -168,6 +173,7 @@ def run_study(
     progress: bool = True,
     model: Path | str | None = None,
     prompts: Path | str | None = None,
+    family: tuple[RunConfig, ...] | None = None,
 ) -> Run:
     """Run study ``name`` end to end and return its run (its folder holds ``report.html``).
 
@@ -184,14 +190,18 @@ def run_study(
         progress: show progress bars.
         model: a local pretrained checkpoint folder, for studies that take one.
         prompts: a text file of prompts, one per line, for studies that take one.
+        family: run configs of a model family (a sweep's trials), for studies that take one.
     """
     study = get_study(name)
     _check_takes(study, "--model", model, "takes_model", "trains its own models")
     _check_takes(study, "--prompts", prompts, "takes_prompts", "draws its prompts from its task")
+    _check_takes(study, "--sweep", family, "takes_family", "trains its own models")
     # configure checks every input it can (presets, a checkpoint folder) before anything is written
     chosen = study.presets[0] if preset is None else preset
     inputs = StudyInputs(
-        model=None if model is None else Path(model), prompts=None if prompts is None else Path(prompts)
+        model=None if model is None else Path(model),
+        prompts=None if prompts is None else Path(prompts),
+        family=family,
     )
     cfg = study.configure(chosen, inputs)
     run = study_run(workspace, name, cfg.preset, cfg.to_dict())

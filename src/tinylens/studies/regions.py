@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -117,6 +118,8 @@ def study_config(preset: str, inputs: StudyInputs | None = None) -> RegionsStudy
     if preset not in STUDY_PRESETS:
         raise unknown_name("regions study preset", preset, STUDY_PRESETS)
     small = {"n_pairs": 24, "steps": 11, "slice_steps": 7} if preset == "tiny" else {}
+    if inputs.family is not None:
+        return _family_config(preset, inputs, small)
     if inputs.model is not None or inputs.prompts is not None:
         return _checkpoint_config(preset, inputs, small)
     if preset == "tiny":
@@ -126,6 +129,22 @@ def study_config(preset: str, inputs: StudyInputs | None = None) -> RegionsStudy
         return RegionsStudyConfig(preset, _family(QUICK_WIDTHS, QUICK_LAYERS, {}))
     train = {"steps": 10_000, "lr": 1e-3, "warmup_steps": 300}
     return RegionsStudyConfig(preset, _family(PAPER_WIDTHS, PAPER_LAYERS, train))
+
+
+def _family_config(preset: str, inputs: StudyInputs, small: dict[str, Any]) -> RegionsStudyConfig:
+    """A sweep's trials as the family, smallest model first (the study trains or reuses them)."""
+    family = inputs.family or ()
+    if inputs.model is not None or inputs.prompts is not None:
+        raise ConfigError("give --sweep (a family of our models) or --model/--prompts, not both")
+    tasks = {(c.task, json.dumps(c.task_options, sort_keys=True)) for c in family}
+    if not family or tasks != {("seqcont", json.dumps(family[0].task_options, sort_keys=True))}:
+        raise ConfigError(
+            "the regions study measures models of one sequence-continuation task: the sweep must "
+            'have task = "seqcont" and the same [base.task] options for every trial '
+            f"(it has {len(family)} trials of {sorted({c.task for c in family}) or 'none'})"
+        )
+    ordered = sorted(family, key=lambda c: (parameter_count(c.model), c.model.d_model, c.seed))
+    return RegionsStudyConfig(preset, tuple(ordered), **small)
 
 
 def _checkpoint_config(preset: str, inputs: StudyInputs, small: dict[str, Any]) -> RegionsStudyConfig:
@@ -297,8 +316,11 @@ def measure(ctx: StudyContext, cfg: RegionsStudyConfig) -> RegionsResult:
     pairs = an.task_pairs(task, cfg.n_pairs, derive_seed(cfg.seed, "regions-pairs"))
     kw = {"steps": cfg.steps, "mode": cfg.mode, "write_hook": cfg.write_hook}
     sizes = []
+    widths = [c.model.d_model for c in cfg.sizes]
     for run_cfg in cfg.sizes:
         m = run_cfg.model
+        shared = widths.count(m.d_model) > 1  # a sweep may hold several seeds or depths of a width
+        name = f"d_model {m.d_model}" + (f", {m.n_layers} layers, seed {run_cfg.seed}" if shared else "")
         trained = ctx.trained(run_cfg, f"d_model {m.d_model} model")
         run = trained.run
         seed = derive_seed(cfg.seed, "regions-baseline")
@@ -317,7 +339,7 @@ def measure(ctx: StudyContext, cfg: RegionsStudyConfig) -> RegionsResult:
             training.append(Checkpoint(step, sharpness))
         sizes.append(
             SizeRegions(
-                name=f"d_model {m.d_model}",
+                name=name,
                 d_model=m.d_model,
                 n_params=parameter_count(m),
                 trained=trained_regions,
@@ -329,11 +351,12 @@ def measure(ctx: StudyContext, cfg: RegionsStudyConfig) -> RegionsResult:
                 run=run.name,
             )
         )
-    m = cfg.sizes[0].model
+    layers = "/".join(str(n) for n in sorted({r.model.n_layers for r in cfg.sizes}))
+    steps = "/".join(f"{n:,}" for n in sorted({r.train.steps for r in cfg.sizes}))
     return RegionsResult(
         config=cfg,
-        source=f"{len(cfg.sizes)} widths (d_model {', '.join(str(r.model.d_model) for r in cfg.sizes)}) "
-        f"of a {m.n_layers}-layer sequence-continuation model, {cfg.sizes[0].train.steps} steps each, "
+        source=f"{len(cfg.sizes)} models (d_model {', '.join(str(r.model.d_model) for r in cfg.sizes)}) "
+        f"of a {layers}-layer sequence-continuation model, {steps} steps each, "
         "at every log-spaced checkpoint; control: each model at its initialisation",
         sizes=tuple(sizes),
         pair_counts={k: len(v) for k, v in pairs.a.items()},
@@ -597,6 +620,7 @@ STUDY = Study(
     sections=sections,
     takes_model=True,
     takes_prompts=True,
+    takes_family=True,
 )
 
 
