@@ -16,7 +16,7 @@ from tinylens.sweep import backends as sweep_backends
 from tinylens.sweep import expand, parse_spec, read_spec, run_sweep, write_report
 from tinylens.sweep.driver import TrialResult, read_trials
 from tinylens.sweep.report import metric_figure
-from tinylens.train import Trainer
+from tinylens.train import DivergenceError, Trainer
 
 from .helpers import stop_every_trainer_at
 from .sweep_helpers import TRAIN, comparable, four_trials, spec_table
@@ -94,6 +94,28 @@ def test_a_spec_file_reads_from_toml(tmp_path: Path) -> None:
         ({"random": {"samples": 2, "train.lr": {"gauss": [0, 1]}}}, "unknown entries ['gauss']"),
         ({"random": {"samples": 2}}, "[random] draws no axis"),
         ({"grid": {"seed": list(range(101)), "steps": list(range(1, 101))}}, "at most 10_000"),
+        # counted before any point is built: a billion would not fit in memory
+        (
+            {
+                "grid": {
+                    "seed": list(range(1000)),
+                    "steps": list(range(1, 1001)),
+                    "train.lr": [1e-3] * 1000,
+                }
+            },
+            "expands to 1_000_000_000 trials",
+        ),
+        ({"random": {"samples": 2, "model.n_layers": {"int_uniform": [1, 10**20]}}}, "within ±2^62"),
+        ({"random": {"samples": 2, "train.lr": {"uniform": [-1.7e308, 1.7e308]}}}, "too wide"),
+        (
+            {
+                "grid": {"train.lr": [1e-3]},
+                "random": {"samples": 2, "train.lr": {"uniform": [1e-3, 2e-3]}},
+            },
+            "'train.lr' is both a [grid] and a [random] axis",
+        ),
+        ({"measure": {"steps_to": [0.9999991, 0.9999994]}}, "print alike"),
+        ({"sweep": {"task": "addition", "name": "a/b"}}, "[sweep] name must be"),
         ({"report": {"x": "train.lr"}}, "[report] x = 'train.lr' is not an axis"),
         ({"measure": {"steps_to": [1.5]}}, "steps_to must be a list of numbers in (0, 1]"),
         ({"measure": {"fresh": {"n": 0}}}, "fresh.n must be an integer in [1,"),
@@ -210,6 +232,27 @@ def test_a_trial_that_raises_is_recorded_and_the_rest_finish(tmp_path: Path) -> 
     assert not run.has_result("failure")
 
 
+def test_a_diverged_trial_is_not_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = four_trials(grid={"seed": [0, 1]})
+    diverging = expand(spec)[0].run
+    original = Trainer.fit
+
+    def fit(self: Trainer):
+        if self.run.name == diverging:
+            raise DivergenceError("loss became NaN at step 3; lower the learning rate")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    first = run_sweep(Workspace(tmp_path), spec, progress=False)
+    assert [t.status for t in first.trials] == ["failed", "done"]
+    monkeypatch.undo()
+    # resuming it would replay the same steps to the same NaN: it stays failed, with its error
+    again = run_sweep(Workspace(tmp_path), spec, progress=False)
+    assert again.outcomes == {}
+    assert again.trials[0].status == "failed"
+    assert again.trials[0].error == "DivergenceError: loss became NaN at step 3; lower the learning rate"
+
+
 def test_a_trial_whose_run_config_was_edited_fails_clearly(tmp_path: Path) -> None:
     spec = four_trials(grid={"seed": [0]})
     trial = expand(spec)[0]
@@ -322,6 +365,7 @@ def test_cli_runs_a_sweep_and_prints_a_row_per_trial(
     [
         (["--backend", "slurm"], "error: unknown backend 'slurm'"),
         (["--address", "ray://x:10001"], "error: --address is for the ray backend"),
+        (["--cpus", "2"], "error: --cpus is for the ray backend"),
     ],
 )
 def test_cli_bad_options_are_one_line_errors(

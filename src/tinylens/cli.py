@@ -10,6 +10,7 @@ import json
 import math
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -329,8 +330,9 @@ def sweep(
 ) -> None:
     """Train and measure every trial of a spec that is not done yet (a rerun trains nothing more),
     then print one row per trial."""
-    if address is not None and backend != "ray":
-        raise TinylensError("--address is for the ray backend; add --backend ray")
+    for given, option in ((address, "--address"), (cpus, "--cpus")):
+        if given is not None and backend != "ray":
+            raise TinylensError(f"{option} is for the ray backend; add --backend ray")
     parsed = read_spec(spec)
     ws = Workspace(workspace)
     result = run_sweep(ws, parsed, backend=backend, address=address, num_cpus=cpus, progress=progress)
@@ -366,7 +368,37 @@ def _print_trials(spec: SweepSpec, trials: list[TrialResult]) -> None:
             for v in (t.metrics.get(m, math.nan) for m in metrics)
         ]
         table.add_row(str(t.trial), *(str(t.axes.get(a, "")) for a in spec.axes), t.status, *values)
-    out.print(table)
+    out.print(table, width=None if out.is_terminal else 240)  # a pipe or a log: do not squeeze
+
+
+@app.command()
+def explore(
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    port: Annotated[int, typer.Option(help="Port to serve on.", min=1, max=65535)] = 8765,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to bind (default 127.0.0.1: this machine only)."),
+    ] = None,
+) -> None:
+    """Serve a local web app over the workspace (read-only): runs, curves, reports, live probing."""
+    from tinylens import explorer  # noqa: PLC0415 (the web stack loads only for this command)
+
+    chosen = host if host is not None else explorer.DEFAULT_HOST
+    _check_port_free(chosen, port)
+    err.print(f"tinylens explorer: http://{chosen}:{port}/  (Ctrl-C to stop)", highlight=False)
+    explorer.serve(workspace, chosen, port)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise TinylensError(
+            f"cannot serve on {host}:{port}: {error.strerror or error}; pass another --port"
+            + ("" if host == "127.0.0.1" else " or --host")
+        ) from None
 
 
 @app.command()

@@ -136,8 +136,9 @@ class _WorkspaceIndex:
             )
         if self._db is None:
             path = self.root / DB_NAME
-            writable = not self.root.exists() or (
-                _is_writable(self.root) and (not path.exists() or _is_writable(path))
+            writable = not self.read_only and (
+                not self.root.exists()
+                or (_is_writable(self.root) and (not path.exists() or _is_writable(path)))
             )
             self.read_only = not writable
             try:

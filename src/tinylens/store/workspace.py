@@ -89,18 +89,24 @@ class Workspace(_WorkspaceIndex):
     corrupt one is kept as ``tinylens.db.corrupt-TIME``). A workspace this process may not write is
     opened read-only: listing and reading work, writing raises :class:`TinylensError`.
 
+    ``read_only=True`` opens it read-only even where it could be written (a viewer such as the
+    explorer): it reads what writers have committed, and never writes.
+
     ``index=False`` opens a handle that writes run files only and never opens ``tinylens.db``: what
     a sweep's workers use, so that the driver stays the index's one writer (it calls
     :meth:`index_run` when a worker is done). Listing runs and reading indexed metrics need the
     index and raise on such a handle; a run's own files read and write as usual.
     """
 
-    def __init__(self, root: Path | str = DEFAULT_WORKSPACE, *, index: bool = True) -> None:
+    def __init__(
+        self, root: Path | str = DEFAULT_WORKSPACE, *, index: bool = True, read_only: bool = False
+    ) -> None:
         self.root = Path(root)
         _check_root(self.root)
         self._db: sqlite3.Connection | None = None
-        self.read_only = False
-        """Set when the index was opened read-only (the folder or database is not writable)."""
+        self.read_only = read_only
+        """Set when the index was opened read-only (asked for, or the folder or database is not
+        writable): nothing is written, not even a rebuilt index."""
         self.indexed = index
         """False: a files-only handle (see above)."""
 
@@ -294,14 +300,7 @@ class Workspace(_WorkspaceIndex):
         """``info``, with a ``running`` run whose recorded process is gone shown ``interrupted``."""
         if info.status != "running":
             return info
-        record = _status_record(self.root / info.name)
-        pid = record.get("pid")
-        dead = (
-            record.get("status") == "running"
-            and isinstance(pid, int)
-            and record.get("host") == socket.gethostname()
-            and not _pid_alive(pid)
-        )
+        dead = Run(self, info.name).state().status == "interrupted"
         return replace(info, status="interrupted") if dead else info
 
     # -- metrics --

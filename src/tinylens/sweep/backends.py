@@ -56,7 +56,8 @@ def run_ray(
     its last saved state); a trial still lost after that comes back ``failed``.
 
     Connects to the cluster at ``address``, or starts a local Ray with ``num_cpus`` CPUs (default:
-    all) and stops it afterwards; a Ray this process had already started is used as it is.
+    those this process may use) and stops it afterwards; a Ray this process had already started
+    is used as it is.
 
     Raises:
         ConfigError: Ray is not installed, or a trial needs more CPUs than the local Ray has.
@@ -77,6 +78,7 @@ def run_ray(
         in_flight = {
             task.options(
                 num_cpus=job.cpus,
+                num_gpus=job.gpus,
                 max_retries=max_retries,
                 retry_exceptions=False,  # run_trial returns failures; only a lost worker retries
                 name=f"tinylens trial {job.run}",
@@ -86,7 +88,7 @@ def run_ray(
         while in_flight:
             on_poll(list(in_flight.values()))
             # a timeout always: without one, ray.wait can block for good on a lost node
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+            ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=POLL_S)
             for ref in ready:
                 job = in_flight.pop(ref)
                 on_outcome(job, _outcome(ray, ref, job, max_retries))
@@ -114,7 +116,7 @@ def _start(ray: Any, address: str | None, num_cpus: int | None) -> None:
         # "local": always a new cluster of our own, never one another program left running
         options.update(
             address="local",
-            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_cpus=num_cpus or len(os.sched_getaffinity(0)),  # the CPUs this process may use
             object_store_memory=RAY_OBJECT_STORE_BYTES,
         )
     else:
@@ -123,6 +125,11 @@ def _start(ray: Any, address: str | None, num_cpus: int | None) -> None:
         ray.init(**options)
     except ConnectionError as err:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {err}") from None
+
+
+def require_ray() -> None:
+    """Raise the install hint now, before a sweep writes anything, if Ray is missing."""
+    _import_ray()
 
 
 def _import_ray() -> Any:

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tinylens import runs
-from tinylens.errors import ConfigError, Interrupted
+from tinylens.errors import ConfigError, Interrupted, TinylensError
 from tinylens.store import Run, Workspace
-from tinylens.sweep.backends import BACKENDS, run_local, run_ray
-from tinylens.sweep.spec import SweepSpec, Trial, expand
-from tinylens.sweep.trial import FAILURE_RESULT, TrialJob, TrialOutcome, is_complete
+from tinylens.sweep.backends import BACKENDS, require_ray, run_local, run_ray
+from tinylens.sweep.spec import SweepSpec, Trial, expand, steps_to_name
+from tinylens.sweep.trial import FAILURE_RESULT, TrialJob, TrialOutcome, diverged, is_complete
 
 TRIALS_RESULT = "trials"
 """The sweep run's ``results/trials.json``: one row per trial."""
@@ -31,6 +31,7 @@ SPEC_RESULT = "spec"
 """The sweep run's ``results/spec.json``: the whole spec as last run (execution and report
 settings included, which the run's config leaves out)."""
 TIME_METRICS = ("train_seconds",)
+_console = Console(stderr=True)
 """Metrics that measure wall-clock time: they differ between runs of the same trial."""
 
 
@@ -99,12 +100,22 @@ def run_sweep(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
+    if backend == "ray":
+        require_ray()
     trials = expand(spec)  # every trial checked before anything is written
     record = _sweep_run(workspace, spec)
     trial_runs = {t.run: runs.open_or_create(workspace, t.config) for t in trials}
-    todo = [t for t in trials if not is_complete(trial_runs[t.run], spec.fresh)]
+    todo = [t for t in trials if _needs_work(trial_runs[t.run], spec)]
+    root = str(workspace.root.resolve())  # a worker elsewhere may start in another folder
     jobs = [
-        TrialJob(str(workspace.root), t.run, t.config.to_dict(), spec.fresh, spec.cpus_per_trial)
+        TrialJob(
+            root,
+            t.run,
+            t.config.to_dict(),
+            spec.fresh,
+            spec.cpus_per_trial,
+            gpus=1 if t.config.train.device == "cuda" else 0,
+        )
         for t in todo
     ]
     outcomes: dict[str, TrialOutcome] = {}
@@ -116,9 +127,9 @@ def run_sweep(
             with _Progress(len(trials), done, workspace, in_process, show=progress) as bar:
 
                 def on_outcome(job: TrialJob, outcome: TrialOutcome) -> None:
-                    workspace.index_run(job.run)  # the one writer of the index
                     outcomes[job.run] = outcome
                     bar.finished(outcome)
+                    _index(workspace, job.run)
 
                 if backend == "local":
                     run_local(jobs, on_outcome, bar.poll)
@@ -127,20 +138,40 @@ def run_sweep(
                         jobs, on_outcome, bar.poll, address=address, num_cpus=num_cpus,
                         max_retries=spec.max_retries,
                     )  # fmt: skip
+        if any(o.status == "interrupted" for o in outcomes.values()):
+            raise Interrupted("a trial was interrupted")
     except (KeyboardInterrupt, Interrupted):
         for job in jobs:  # what the stopped trials saved, for `tinylens runs`
             if job.run not in outcomes:
-                workspace.index_run(job.run)
+                _index(workspace, job.run)
         _write_record(record, spec, trials, outcomes)
         record.set_status("interrupted")
-        left = sum(1 for t in trials if _status(record.workspace.run(t.run), outcomes) != "done")
+        left = sum(1 for t in trials if _status(workspace.run(t.run), spec, outcomes) != "done")
         raise Interrupted(
             f"sweep {spec.name} stopped with {left} of {len(trials)} trials unfinished; "
             "run it again to continue (finished trials are kept, stopped ones resume)"
         ) from None
+    except BaseException:
+        record.set_status("failed")
+        raise
     results = _write_record(record, spec, trials, outcomes)
     record.set_status("done" if all(r.status == "done" for r in results) else "failed")
     return SweepResult(record, results, outcomes)
+
+
+def _needs_work(run: Run, spec: SweepSpec) -> bool:
+    """Not complete, and not a trial that diverged: resuming one replays the same steps to the same
+    NaN, so it stays ``failed`` until its config changes (a new trial)."""
+    return not is_complete(run, spec.fresh) and not diverged(run)
+
+
+def _index(workspace: Workspace, name: str) -> None:
+    """Index a run the workers wrote; if the index is unusable now, the files still hold it all
+    and ``tinylens reindex`` (or the next sweep) brings it in, so the sweep goes on."""
+    try:
+        workspace.index_run(name)
+    except TinylensError as err:
+        _console.print(f"warning: run {name} is not indexed yet ({err}); `tinylens reindex` adds it")
 
 
 def read_trials(run: Run) -> list[TrialResult]:
@@ -156,18 +187,18 @@ def read_trials(run: Run) -> list[TrialResult]:
 
 def trial_result(trial: Trial, run: Run, spec: SweepSpec, outcome: TrialOutcome | None) -> TrialResult:
     """A trial's row, from its run's files (``outcome``: how this call's execution ended)."""
-    status = _status(run, {run.name: outcome} if outcome else {})
+    status = _status(run, spec, {run.name: outcome} if outcome else {})
     error = None
     if status == "failed":
         error = outcome.error if outcome is not None else _stored_error(run)
     return TrialResult(trial.index, run.name, trial.axes, status, error, _metrics(run, spec))
 
 
-def _status(run: Run, outcomes: dict[str, TrialOutcome]) -> str:
+def _status(run: Run, spec: SweepSpec, outcomes: dict[str, TrialOutcome]) -> str:
     outcome = outcomes.get(run.name)
     if outcome is not None and outcome.status != "done":
         return outcome.status
-    if run.has_result("train_summary") and run.state().status == "done":
+    if is_complete(run, spec.fresh):
         return "done"
     if run.has_result(FAILURE_RESULT):
         return "failed"
@@ -195,7 +226,7 @@ def _metrics(run: Run, spec: SweepSpec) -> dict[str, float]:
         curve = sorted((step, value) for step, name, value in run.metric_rows() if name == "eval/acc")
         for level in spec.steps_to:
             reached = next((step for step, value in curve if value >= level), math.nan)
-            metrics[f"steps_to_{level:g}"] = float(reached)
+            metrics[steps_to_name(level)] = float(reached)
     if spec.fresh is not None and run.has_result(spec.fresh.result_name):
         fresh = run.read_result(spec.fresh.result_name)
         metrics["fresh/acc"] = float(fresh["exact"])

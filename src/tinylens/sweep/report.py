@@ -116,10 +116,13 @@ def metric_figure(trials: list[TrialResult], metric: str, x: str, group: str | N
         ax.scatter(
             [p[0] for p in points], [p[1] for p in points], color=line.get_color(), s=18, alpha=0.7
         )
+    distinct = sorted({v for v in xs if v is not None}, key=str) if numeric else []
     if not numeric:
         ax.set_xticks(range(len(ticks)), [str(t) for t in ticks])
     elif _spans_decades(xs):
         ax.set_xscale("log")
+    elif all(isinstance(v, int) for v in distinct) and len(distinct) <= 12:
+        ax.set_xticks(sorted(distinct))  # integer axes (layers, seeds): no 1.2 layers
     ys = [y for points in series.values() for _, y in points]
     if _spans_decades(ys):
         ax.set_yscale("log")

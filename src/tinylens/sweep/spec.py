@@ -33,14 +33,17 @@ A spec is TOML (or JSON)::
 
 Axis keys are ``seed``, ``steps`` or ``SECTION.FIELD`` (section ``task``, ``model`` or ``train``).
 Each trial is :func:`~tinylens.config.make_run_config` of the task, preset and the base merged with
-its axis values, so its run (name, identity, folder) is the one ``tinylens train`` would make: a
-trial already trained anywhere in the workspace is reused, not retrained.
+its axis values, so its run (name, identity, folder) is the one ``tinylens train`` would make for
+that config under its default name: a trial trained before, by a sweep or by hand, is reused, not
+retrained. (``seed`` in ``[random]`` seeds the draws; to vary the training seed, put ``seed`` in
+``[grid]``.)
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 """How a ``[random]`` axis is drawn."""
 DEFAULT_DIGITS = 3
 """Significant digits a drawn float keeps: the same draw always names the same run."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ class Draw:
             value = math.exp(rng.uniform(math.log(low), math.log(high)))
         else:
             value = rng.uniform(low, high)
-        return float(f"{value:.{self.digits}g}")
+        # rounded, so that a draw always names the same run; kept inside the range
+        return min(max(float(f"{value:.{self.digits}g}"), low), high)
 
     def to_dict(self) -> dict[str, Any]:
         return {self.kind: list(self.values), "digits": self.digits}
@@ -195,17 +200,7 @@ def parse_spec(data: Any) -> SweepSpec:
     sweep = _table(
         "[sweep]", data.get("sweep"), {"name", "task", "preset", "cpus_per_trial", "max_retries"}
     )
-    task = sweep.get("task")
-    if task is None:
-        raise ConfigError(f"[sweep] must name a task: task = one of {', '.join(TASKS)}")
-    if not isinstance(task, str) or task not in TASKS:
-        raise unknown_name("task in [sweep]", task, TASKS)
-    preset = sweep.get("preset", "cpu")
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise unknown_name("preset in [sweep]", preset, PRESETS)
-    name = sweep.get("name", f"{task}-{preset}")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"[sweep] name must be a non-empty string, got {shown(name)}")
+    task, preset, name = _parse_names(sweep)
     base = _table("[base]", data.get("base"), set(SECTIONS))
     for section, values in base.items():
         _table(f"[base.{section}]", values, None)
@@ -216,17 +211,10 @@ def parse_spec(data: Any) -> SweepSpec:
             raise ConfigError(f"[grid] {key} must be a non-empty list of values, got {shown(values)}")
         grid[key] = tuple(values)
     samples, random_seed, random = _parse_random(data.get("random"))
-    measure = _table("[measure]", data.get("measure"), {"fresh", "steps_to"})
-    fresh = None
-    if "fresh" in measure:
-        given = _table("[measure] fresh", measure["fresh"], {"n", "seed"})
-        fresh = FreshEvalSpec(
-            _integer("[measure] fresh.n", given.get("n", 10_000), 1, 10**7),
-            _integer("[measure] fresh.seed", given.get("seed", 0), 0, 2**63 - 1),
-        )
-    levels = measure.get("steps_to", [])
-    if not isinstance(levels, list) or not all(_is_fraction(v) for v in levels):
-        raise ConfigError(f"[measure] steps_to must be a list of numbers in (0, 1], got {shown(levels)}")
+    both = sorted(set(grid) & set(random))
+    if both:
+        raise ConfigError(f"{both[0]!r} is both a [grid] and a [random] axis; keep it in one")
+    fresh, levels = _parse_measure(data.get("measure"))
     report = _table("[report]", data.get("report"), {"x", "group", "metrics"})
     metrics = report.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
@@ -241,7 +229,7 @@ def parse_spec(data: Any) -> SweepSpec:
         random_seed=random_seed,
         random=random,
         fresh=fresh,
-        steps_to=tuple(float(v) for v in levels),
+        steps_to=levels,
         cpus_per_trial=_integer("[sweep] cpus_per_trial", sweep.get("cpus_per_trial", 1), 1, 1024),
         max_retries=_integer("[sweep] max_retries", sweep.get("max_retries", 3), 0, 100),
         report=ReportSpec(report.get("x"), report.get("group"), tuple(metrics)),
@@ -255,6 +243,42 @@ def parse_spec(data: Any) -> SweepSpec:
     return spec
 
 
+def _parse_names(sweep: dict[str, Any]) -> tuple[str, str, str]:
+    """The ``[sweep]`` table's task, preset and name, checked."""
+    task = sweep.get("task")
+    if task is None:
+        raise ConfigError(f"[sweep] must name a task: task = one of {', '.join(TASKS)}")
+    if not isinstance(task, str) or task not in TASKS:
+        raise unknown_name("task in [sweep]", task, TASKS)
+    preset = sweep.get("preset", "cpu")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise unknown_name("preset in [sweep]", preset, PRESETS)
+    name = sweep.get("name", f"{task}-{preset}")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"[sweep] name must be 1-100 letters, digits, '.', '_' or '-' (not first), got {shown(name)}"
+        )
+    return task, preset, name
+
+
+def _parse_measure(data: Any) -> tuple[FreshEvalSpec | None, tuple[float, ...]]:
+    measure = _table("[measure]", data, {"fresh", "steps_to"})
+    fresh = None
+    if "fresh" in measure:
+        given = _table("[measure] fresh", measure["fresh"], {"n", "seed"})
+        fresh = FreshEvalSpec(
+            _integer("[measure] fresh.n", given.get("n", 10_000), 1, 10**7),
+            _integer("[measure] fresh.seed", given.get("seed", 0), 0, 2**63 - 1),
+        )
+    levels = measure.get("steps_to", [])
+    if not isinstance(levels, list) or not all(_is_fraction(v) for v in levels):
+        raise ConfigError(f"[measure] steps_to must be a list of numbers in (0, 1], got {shown(levels)}")
+    names = [steps_to_name(v) for v in levels]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"[measure] steps_to has levels that print alike ({names}); keep them apart")
+    return fresh, tuple(float(v) for v in levels)
+
+
 def expand(spec: SweepSpec) -> list[Trial]:
     """Every trial of ``spec``, each config checked; trials that give the same run are kept once.
 
@@ -262,8 +286,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
         ConfigError: a trial's config is invalid (the message names the trial's axis values), or
             the spec expands to more than :data:`MAX_TRIALS` trials.
     """
-    grid_points = list(itertools.product(*spec.grid.values()))
-    count = len(grid_points) * max(spec.samples, 1)
+    count = math.prod(len(v) for v in spec.grid.values()) * max(spec.samples, 1)
     if count > MAX_TRIALS:
         raise ConfigError(
             f"the sweep expands to {count:_} trials; at most {MAX_TRIALS:_} (trim the [grid] "
@@ -277,7 +300,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
         ]
     trials: list[Trial] = []
     seen: set[str] = set()
-    for point in grid_points:
+    for point in itertools.product(*spec.grid.values()):
         for drawn in draws:
             axes = {**dict(zip(spec.grid, point, strict=True)), **drawn}
             config = trial_config(spec, axes)
@@ -302,11 +325,15 @@ def trial_config(spec: SweepSpec, axes: dict[str, Any]) -> RunConfig:
             overrides.setdefault(section, {})[name] = value
     try:
         return make_run_config(spec.task, spec.preset, seed=seed, steps=steps, overrides=overrides)
-    except TinylensError as err:
+    # TypeError: a value of a type no rule checks (e.g. a table where a name belongs)
+    except (TinylensError, TypeError) as err:
         where = ", ".join(f"{k} = {shown(v)}" for k, v in axes.items()) or "the base config"
         raise ConfigError(f"the trial at {where}: {err}") from None
-    except TypeError as err:  # a value of a type no rule checks (e.g. a table for a name)
-        raise ConfigError(f"the trial at {axes}: {err}") from None
+
+
+def steps_to_name(level: float) -> str:
+    """The metric name of a ``steps_to`` level, e.g. ``steps_to_0.99``."""
+    return f"steps_to_{level:g}"
 
 
 def _check_axis(key: str) -> None:
@@ -358,12 +385,18 @@ def _check_range(key: str, kind: str, values: Any) -> None:
     numbers = numbers and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     if kind == "int_uniform":
         numbers = numbers and all(isinstance(v, int) for v in values)
-    if not numbers or not math.isfinite(values[0]) or not math.isfinite(values[1]):
+    if not numbers or not all(_finite_number(v) for v in values):
         raise ConfigError(f"[random] {key} {kind} must be [low, high], got {shown(values)}")
     low, high = values
     if low > high or (kind == "log_uniform" and low <= 0):
         need = "0 < low <= high" if kind == "log_uniform" else "low <= high"
         raise ConfigError(f"[random] {key} {kind} needs {need}, got {shown(values)}")
+    if kind == "int_uniform" and not -(2**62) <= low <= high < 2**62:
+        raise ConfigError(
+            f"[random] {key} int_uniform bounds must lie within ±2^62, got {shown(values)}"
+        )
+    if kind == "uniform" and not math.isfinite(high - low):
+        raise ConfigError(f"[random] {key} uniform range is too wide to draw from, got {shown(values)}")
 
 
 def _table(what: str, data: Any, known: set[str] | None) -> dict[str, Any]:
@@ -383,6 +416,13 @@ def _integer(what: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{what} must be an integer in [{low}, {high:_}], got {shown(value)}")
     return value
+
+
+def _finite_number(value: Any) -> bool:
+    """A float that is finite, or an int a float can hold (``math.isfinite`` overflows on 10**400)."""
+    if isinstance(value, int):
+        return abs(value) < 2**1000
+    return math.isfinite(value)
 
 
 def _is_fraction(value: Any) -> bool:

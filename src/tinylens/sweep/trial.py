@@ -27,7 +27,7 @@ from tinylens.errors import ConfigError
 from tinylens.evaluation import evaluate_fresh
 from tinylens.store import Run, Workspace
 from tinylens.sweep.spec import FreshEvalSpec
-from tinylens.train import Trainer
+from tinylens.train import DivergenceError, Trainer
 
 FAILURE_RESULT = "failure"
 """The run's result file (``results/failure.json``) holding a failed trial's error."""
@@ -48,6 +48,9 @@ class TrialJob:
     fresh: FreshEvalSpec | None
     cpus: int
     """Torch threads for the trial."""
+    gpus: int = 0
+    """GPUs the trial needs (1 for ``train.device = "cuda"``; Ray hides GPUs from tasks that ask
+    for none)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,17 @@ def run_trial(job: TrialJob) -> TrialOutcome:
 def is_trained(run: Run) -> bool:
     """Whether the run finished training (its summary is written when it does)."""
     return run.state().status == "done" and run.has_result("train_summary")
+
+
+def diverged(run: Run) -> bool:
+    """Whether the run's last failure was a divergence (deterministic: a rerun diverges again)."""
+    if not run.has_result(FAILURE_RESULT):
+        return False
+    try:
+        error = run.read_result(FAILURE_RESULT).get("error", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(error, str) and error.startswith(f"{DivergenceError.__name__}:")
 
 
 def is_complete(run: Run, fresh: FreshEvalSpec | None) -> bool:
