@@ -315,3 +315,26 @@ def test_a_run_in_training_grows_on_reload_and_the_trainer_is_not_disturbed(tmp_
     assert alone.returncode == 0
     with TestClient(create_app(tmp_path / "alone")) as client:
         assert client.get(f"/api/runs/{cfg.default_name()}/metrics").json() == final
+
+
+def test_study_views_of_the_circuits_and_patching(
+    seqcont_study_run: Run, inversion_study_run: Run
+) -> None:
+    with TestClient(create_app(seqcont_study_run.workspace.root)) as client:
+        views = client.get(f"/api/runs/{seqcont_study_run.name}/views").json()
+    circuits = seqcont_study_run.read_result("circuits")
+    graph = seqcont_study_run.read_result("graph")
+    kinds = [v["kind"] for v in views]
+    assert kinds == ["heatmap", "circuit", "curve"] * len(circuits)
+    heat, circuit = views[0], views[1]
+    family = next(iter(circuits))
+    assert heat["values"] == circuits[family]["head_patching"]
+    assert len(heat["rows"]) == int(graph["n_layers"]) and len(heat["cols"]) == int(graph["n_heads"])
+    assert [n["name"] for n in circuit["nodes"]] == circuits[family]["nodes"]
+    assert circuit["edges"] == circuits[family]["edges"]
+    with TestClient(create_app(inversion_study_run.workspace.root)) as client:
+        views = client.get(f"/api/runs/{inversion_study_run.name}/views").json()
+        train_run = next(r["name"] for r in client.get("/api/runs").json() if r["kind"] == "train")
+        assert client.get(f"/api/runs/{train_run}/views").json() == []
+    assert views and all(v["kind"] == "heatmap" for v in views)
+    assert any(v["title"].startswith("counting: ") for v in views)

@@ -154,4 +154,25 @@ def test_a_maze_probe_draws_the_maze_with_both_paths(
     wait_for(browser, "#maze #true-path")
     assert browser.find_elements(By.CSS_SELECTOR, "#maze line.wall")
     assert browser.find_elements(By.CSS_SELECTOR, "#attention canvas.attention-map")
+    browser.execute_script("document.getElementById('maze').scrollIntoView()")
     browser.save_screenshot(str(shots / "5-maze-probe.png"))
+
+
+def test_a_seqcont_study_shows_patching_heatmaps_and_circuit_graphs(
+    browser: webdriver.Chrome, seqcont_study_run: Run, shots: Path
+) -> None:
+    for site in serve(seqcont_study_run.workspace.root):
+        browser.get(f"{site}/run?name={seqcont_study_run.name}")
+        wait_for(browser, ".study-view svg.circuit")
+        circuits = seqcont_study_run.read_result("circuits")
+        family = next(iter(circuits))
+        nodes = browser.find_elements(By.CSS_SELECTOR, ".study-view svg.circuit")[0].find_elements(
+            By.CSS_SELECTOR, "circle.node:not(.off)"
+        )
+        assert sorted(n.get_attribute("data-node") for n in nodes) == sorted(circuits[family]["nodes"])
+        cells = browser.find_elements(By.CSS_SELECTOR, ".study-view svg.heatmap")[0].find_elements(
+            By.TAG_NAME, "rect"
+        )
+        assert len(cells) == sum(len(row) for row in circuits[family]["head_patching"])
+        browser.execute_script("document.getElementById('views-section').scrollIntoView()")
+        browser.save_screenshot(str(shots / "6-seqcont-study-views.png"))

@@ -7,6 +7,7 @@ Routes (every name goes through the store's run-name rule; no route takes a file
     GET  /api/runs                           [{name, kind, status, step, task, preset, acc, ...}]
     GET  /api/runs/RUN                       config, status, checkpoints, results, figures
     GET  /api/runs/RUN/metrics               {metric: {steps, values}}
+    GET  /api/runs/RUN/views                 a study's heatmaps, circuits and curves to draw
     GET  /api/runs/RUN/results/NAME          results/NAME.json
     POST /api/runs/RUN/probe                 {"text": ...} or {"seed": N}, optional "step"
     GET  /runs/RUN/report                    the run's report.html
@@ -34,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from tinylens.errors import TinylensError
 from tinylens.explorer.data import NotFoundError, WorkspaceView
 from tinylens.explorer.probe import BadRequestError, ModelCache, probe
+from tinylens.explorer.views import study_views
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
@@ -54,6 +56,10 @@ def create_app(workspace: Path | str) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(view.metrics, request.path_params["run"]))
+
+    async def views(request: Request) -> Response:
+        run_ = await run_in_threadpool(view.run, request.path_params["run"])
+        return JSONResponse(await run_in_threadpool(study_views, run_))
 
     async def result(request: Request) -> Response:
         name, key = request.path_params["run"], request.path_params["result"]
@@ -98,6 +104,7 @@ def create_app(workspace: Path | str) -> Starlette:
             Route("/api/runs", runs),
             Route("/api/runs/{run}", run),
             Route("/api/runs/{run}/metrics", metrics),
+            Route("/api/runs/{run}/views", views),
             Route("/api/runs/{run}/results/{result}", result),
             Route("/api/runs/{run}/probe", probe_run, methods=["POST"]),
             Route("/runs/{run}/report", report),

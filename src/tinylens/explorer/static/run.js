@@ -4,6 +4,7 @@ import { attentionView } from "/static/attention.js";
 import { el, fmt, getJSON, showError } from "/static/common.js";
 import { mazeView } from "/static/maze.js";
 import { lineChart } from "/static/plot.js";
+import { studyViews } from "/static/views.js";
 
 const name = new URLSearchParams(location.search).get("name") || "";
 const api = `/api/runs/${encodeURIComponent(name)}`;
@@ -100,8 +101,12 @@ function probeResult(r) {
 
 async function main() {
   try {
-    const [run, metrics] = await Promise.all([getJSON(api), getJSON(`${api}/metrics`)]);
+    const [run, metrics, views] = await Promise.all([getJSON(api), getJSON(`${api}/metrics`), getJSON(`${api}/views`)]);
     overview(run);
+    if (views.length) {
+      document.getElementById("views").replaceChildren(...studyViews(views));
+      document.getElementById("views-section").hidden = false;
+    }
     drawCurves(metrics);
     for (const id of ["log-x", "log-y"]) document.getElementById(id).addEventListener("change", () => drawCurves(metrics));
     probeForm(run);

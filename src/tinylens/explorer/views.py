@@ -1,0 +1,104 @@
+"""Study views: the study results the explorer draws, as plain figures-to-be.
+
+A view is a dict with a ``kind`` the page knows how to draw:
+
+- ``heatmap``: ``rows`` × ``cols`` ``values`` (None where nothing was measured), with axis labels;
+- ``circuit``: a circuit's ``nodes`` (heads ``A{layer}.{head}``, MLPs ``M{layer}``) with a score
+  each, and its ``edges`` (``sender->receiver``, a head's receiver naming its input: ``A1.0.q``);
+- ``curve``: ``x`` and ``y`` series on one chart.
+
+Only results a study wrote are read (``results/*.json`` of its run); a study this module does not
+know, or a result of an older layout, gives no view rather than an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tinylens.store import Run
+
+
+def study_views(run: Run) -> list[dict[str, Any]]:
+    """Every view the run's results support (none for a training run)."""
+    views: list[dict[str, Any]] = []
+    for build in (_seqcont_views, _inversion_views):
+        try:
+            views += build(run)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            continue  # another study, or a layout this explorer does not read
+    return views
+
+
+def _seqcont_views(run: Run) -> list[dict[str, Any]]:
+    if not (run.has_result("circuits") and run.has_result("graph")):
+        return []
+    circuits = run.read_result("circuits")
+    graph = run.read_result("graph")
+    n_layers, n_heads = int(graph["n_layers"]), int(graph["n_heads"])
+    views = []
+    for family, circuit in circuits.items():
+        patching = circuit["head_patching"]  # [layer][head], normalised: 1 = the whole effect
+        views.append(
+            {
+                "kind": "heatmap",
+                "title": f"{family}: activation patching of each head (1 = the clean behaviour back)",
+                "rows": [f"layer {layer}" for layer in range(n_layers)],
+                "cols": [f"head {head}" for head in range(n_heads)],
+                "values": patching,
+            }
+        )
+        scores = {
+            f"A{layer}.{head}": patching[layer][head]
+            for layer in range(n_layers)
+            for head in range(n_heads)
+        }
+        views.append(
+            {
+                "kind": "circuit",
+                "title": (
+                    f"{family}: circuit of {len(circuit['nodes'])} components and "
+                    f"{len(circuit['edges'])} edges, keeping {circuit['node_share']:.0%} (nodes) and "
+                    f"{circuit['edge_share']:.0%} (edges) of the logit difference"
+                ),
+                "n_layers": n_layers,
+                "n_heads": n_heads,
+                "nodes": [{"name": n, "score": scores.get(n)} for n in circuit["nodes"]],
+                "edges": list(circuit["edges"]),
+                "score": "a head's activation-patching score (MLPs: not patched alone)",
+            }
+        )
+        curve = circuit["eap_ig_curve"]
+        views.append(
+            {
+                "kind": "curve",
+                "title": f"{family}: faithfulness of the top-k edges by EAP-IG score",
+                "x": curve["n_edges"],
+                "y": curve["normalised"],
+                "x_label": "edges kept",
+                "y_label": "logit difference, normalised",
+            }
+        )
+    return views
+
+
+def _inversion_views(run: Run) -> list[dict[str, Any]]:
+    views = []
+    for model in ("counting", "addition"):
+        if not run.has_result(model) or not run.has_result("settings"):
+            continue
+        result = run.read_result(model)
+        for patch_map in result["patching"]["maps"]:
+            for position, shares in patch_map["shares"].items():  # [layer][head]
+                views.append(
+                    {
+                        "kind": "heatmap",
+                        "title": (
+                            f"{model}: share of the effect of corrupting {patch_map['corruption']} "
+                            f"restored by patching each head at {position}"
+                        ),
+                        "rows": [f"layer {layer}" for layer in range(len(shares))],
+                        "cols": [f"head {head}" for head in range(len(shares[0]))],
+                        "values": shares,
+                    }
+                )
+    return views
