@@ -5,6 +5,7 @@ a run while it trains without getting in the trainer's way."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -332,9 +333,43 @@ def test_study_views_of_the_circuits_and_patching(
     assert len(heat["rows"]) == int(graph["n_layers"]) and len(heat["cols"]) == int(graph["n_heads"])
     assert [n["name"] for n in circuit["nodes"]] == circuits[family]["nodes"]
     assert circuit["edges"] == circuits[family]["edges"]
+    assert sorted(circuit["edge_scores"]) == sorted(circuit["edges"])  # an EAP-IG score per edge
     with TestClient(create_app(inversion_study_run.workspace.root)) as client:
         views = client.get(f"/api/runs/{inversion_study_run.name}/views").json()
         train_run = next(r["name"] for r in client.get("/api/runs").json() if r["kind"] == "train")
         assert client.get(f"/api/runs/{train_run}/views").json() == []
-    assert views and all(v["kind"] == "heatmap" for v in views)
+    assert {v["kind"] for v in views} == {"heatmap", "inversion"}
     assert any(v["title"].startswith("counting: ") for v in views)
+    viewer = next(v for v in views if v["kind"] == "inversion")
+    stored = inversion_study_run.read_result("counting")["viewer"][0]
+    assert viewer["query"] == stored["query"]
+    assert [r["distance"] for r in viewer["rows"]] == [row[2] for row in stored["rows"]]
+    assert viewer["epsilon"] == inversion_study_run.read_result("settings")["epsilon"]
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's table of sockets")
+def test_the_real_server_listens_on_the_loopback_address_only(tmp_path: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    command = [sys.executable, "-m", "tinylens", "explore", "-w", str(tmp_path), "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the server never came up"
+                time.sleep(0.1)
+        rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        listening = {row[1] for row in rows if row[3] == "0A"}  # state 0A: LISTEN
+        assert f"0100007F:{port:04X}" in listening  # 127.0.0.1
+        assert f"00000000:{port:04X}" not in listening  # not 0.0.0.0
+        assert httpx.get(f"http://127.0.0.1:{port}/api/runs").json() == []
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    assert "Traceback" not in err
+    assert not tmp_path.joinpath("tinylens.db").exists()

@@ -167,12 +167,30 @@ def test_a_seqcont_study_shows_patching_heatmaps_and_circuit_graphs(
         circuits = seqcont_study_run.read_result("circuits")
         family = next(iter(circuits))
         nodes = browser.find_elements(By.CSS_SELECTOR, ".study-view svg.circuit")[0].find_elements(
-            By.CSS_SELECTOR, "circle.node:not(.off)"
+            By.CSS_SELECTOR, "circle.node:not(.off):not(.fixed)"
         )
         assert sorted(n.get_attribute("data-node") for n in nodes) == sorted(circuits[family]["nodes"])
         cells = browser.find_elements(By.CSS_SELECTOR, ".study-view svg.heatmap")[0].find_elements(
             By.TAG_NAME, "rect"
         )
         assert len(cells) == sum(len(row) for row in circuits[family]["head_patching"])
+        edges = browser.find_elements(By.CSS_SELECTOR, ".study-view svg.circuit")[0].find_elements(
+            By.CSS_SELECTOR, "line.edge"
+        )
+        assert len(edges) == len(circuits[family]["edges"])
+        assert all(e.get_attribute("data-score") != "" for e in edges)
         browser.execute_script("document.getElementById('views-section').scrollIntoView()")
         browser.save_screenshot(str(shots / "6-seqcont-study-views.png"))
+
+
+def test_the_inversion_viewer_shows_samples_and_the_epsilon_line(
+    browser: webdriver.Chrome, inversion_study_run: Run, shots: Path
+) -> None:
+    for site in serve(inversion_study_run.workspace.root):
+        browser.get(f"{site}/run?name={inversion_study_run.name}")
+        viewer = wait_for(browser, ".study-view .inversion")
+        stored = inversion_study_run.read_result("counting")["viewer"][0]
+        assert len(viewer.find_elements(By.CSS_SELECTOR, ".sample")) == len(stored["rows"])
+        assert viewer.find_elements(By.CSS_SELECTOR, ".epsilon-line")
+        browser.execute_script("document.querySelector('.inversion').scrollIntoView()")
+        browser.save_screenshot(str(shots / "7-inversion-viewer.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import tinylens.analysis
@@ -15,6 +16,7 @@ from tinylens.analysis import (
     edge_attribution,
     find_circuit,
     fit_probes,
+    mean_node_outputs,
     patch_sweep,
 )
 from tinylens.model import ModelConfig, build_model
@@ -61,3 +63,11 @@ def test_find_circuit_and_behaviour_on_contrast_prompts() -> None:
     sizes = [k for k, _ in found.curve]
     assert sizes == sorted(sizes) and sizes[-1] == found.n_edges_graph == len(graph.edges)
     assert found.head_patching.raw.shape == (2, 2)
+    # each kept edge's score is its EAP-IG score, as ranked for the curve
+    scores = edge_attribution(
+        graph, clean, prompts.metric, ablated=mean_node_outputs(graph, corrupt), ig_steps=2
+    )
+    assert sorted(found.edge_scores) == sorted(f"{s}->{d}" for s, d in found.edges.circuit.edges)
+    for edge, score in found.edge_scores.items():
+        src, dst = edge.split("->")
+        assert score == pytest.approx(float(scores[graph.input_index[dst], graph.node_index[src]]))

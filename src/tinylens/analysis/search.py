@@ -46,6 +46,9 @@ class FoundCircuit:
     """Every head patched at all positions at once with its mean on the corrupted prompts."""
     n_edges_graph: int
     """Edges of the whole graph."""
+    edge_scores: dict[str, float]
+    """EAP-IG score of each edge of the edge-pruned circuit (``sender->receiver``, e.g.
+    ``A0.1->A1.0.q``): the metric's estimated change when that edge alone is ablated."""
 
 
 def find_circuit(
@@ -88,4 +91,8 @@ def find_circuit(
         curve=tuple(curve),
         head_patching=heads,
         n_edges_graph=n_edges,
+        edge_scores={
+            f"{src}->{dst}": float(scores[graph.input_index[dst], graph.node_index[src]])
+            for src, dst in sorted(edges.circuit.edges)
+        },
     )

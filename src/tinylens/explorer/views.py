@@ -5,7 +5,10 @@ A view is a dict with a ``kind`` the page knows how to draw:
 - ``heatmap``: ``rows`` × ``cols`` ``values`` (None where nothing was measured), with axis labels;
 - ``circuit``: a circuit's ``nodes`` (heads ``A{layer}.{head}``, MLPs ``M{layer}``) with a score
   each, and its ``edges`` (``sender->receiver``, a head's receiver naming its input: ``A1.0.q``);
-- ``curve``: ``x`` and ``y`` series on one chart.
+- ``curve``: ``x`` and ``y`` series on one chart;
+- ``inversion``: InversionView's viewer for one query: the decoder's samples nearest first, each
+  with its distance to the query's activation, how often it was written and each token's
+  likelihood shift, and the ``epsilon`` that bounds the preimage.
 
 Only results a study wrote are read (``results/*.json`` of its run); a study this module does not
 know, or a result of an older layout, gives no view rather than an error.
@@ -16,6 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from tinylens.store import Run
+
+MAX_VIEWER_ENTRIES = 12
+"""Inversion viewer entries shown per probed model (a site × position each)."""
 
 
 def study_views(run: Run) -> list[dict[str, Any]]:
@@ -64,7 +70,13 @@ def _seqcont_views(run: Run) -> list[dict[str, Any]]:
                 "n_heads": n_heads,
                 "nodes": [{"name": n, "score": scores.get(n)} for n in circuit["nodes"]],
                 "edges": list(circuit["edges"]),
-                "score": "a head's activation-patching score (MLPs: not patched alone)",
+                # EAP-IG score per edge (studies run before they were stored have none)
+                "edge_scores": circuit.get("edge_scores", {}),
+                "score": (
+                    "a head's activation-patching score (MLPs are not patched alone); edge width: "
+                    "|EAP-IG score|, blue where the edge raises the logit difference, red where it "
+                    "lowers it"
+                ),
             }
         )
         curve = circuit["eap_ig_curve"]
@@ -87,6 +99,20 @@ def _inversion_views(run: Run) -> list[dict[str, Any]]:
         if not run.has_result(model) or not run.has_result("settings"):
             continue
         result = run.read_result(model)
+        epsilon = float(run.read_result("settings")["epsilon"])
+        for entry in result["viewer"][:MAX_VIEWER_ENTRIES]:
+            views.append(
+                {
+                    "kind": "inversion",
+                    "title": f"{model}: what {entry['site']} holds at the {entry['position']}",
+                    "query": entry["query"],
+                    "epsilon": epsilon,
+                    "rows": [
+                        {"tokens": tokens, "shift": shift, "distance": distance, "count": count}
+                        for tokens, shift, distance, count in entry["rows"]
+                    ],
+                }
+            )
         for patch_map in result["patching"]["maps"]:
             for position, shares in patch_map["shares"].items():  # [layer][head]
                 views.append(

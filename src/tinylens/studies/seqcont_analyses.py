@@ -129,6 +129,7 @@ def family_circuit(
         "node_share": found.nodes.share,
         "dropped": list(found.nodes.dropped),
         "edges": sorted(f"{s}->{d}" for s, d in found.edges.circuit.edges),
+        "edge_scores": found.edge_scores,
         "edge_share": found.edges.share,
         "n_edges_node_circuit": len(found.nodes.circuit),
         "n_edges_graph": found.n_edges_graph,

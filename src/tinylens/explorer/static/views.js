@@ -51,29 +51,63 @@ function circuit(view) {
   const levels = 2 * nLayers + 2, dx = 78, dy = 56, width = Math.max(360, dx * (nHeads + 1)), height = dy * levels + 20;
   const xy = (name) => { const [level, slot] = place(name, nLayers, nHeads); return [width / 2 + slot * dx, height - 24 - level * dy]; };
   const root = svg("svg", { width, height, class: "circuit" });
+  const scores = view.edge_scores || {};
+  const top = Math.max(1e-9, ...Object.values(scores).map(Math.abs));
   for (const edge of view.edges) {
     const [from, to] = edge.split("->");
     const [x1, y1] = xy(from), [x2, y2] = xy(to.replace(/\.[qkv]$/, ""));
-    root.append(svg("line", { x1, y1, x2, y2, stroke: "#888", "stroke-width": 1.5, class: "edge", "data-edge": edge }));
+    const score = scores[edge];
+    // width by |EAP-IG score| (the strongest edge widest); blue raises the logit difference, red lowers
+    const width = score === undefined ? 1.5 : 1 + 5 * Math.abs(score) / top;
+    const stroke = score === undefined ? "#888" : score <= 0 ? "rgba(26, 86, 176, 0.7)" : "rgba(201, 42, 42, 0.7)";
+    const line = svg("line", { x1, y1, x2, y2, stroke, "stroke-width": width, class: "edge", "data-edge": edge, "data-score": score ?? "" });
+    line.append(svg("title", {}, score === undefined ? edge : `${edge}: EAP-IG ${score.toFixed(4)}`));
+    root.append(line);
   }
   const names = new Set(view.nodes.map((n) => n.name));
   for (let layer = 0; layer < nLayers; layer++) {
     for (let head = 0; head < nHeads; head++) if (!names.has(`A${layer}.${head}`)) view.nodes.push({ name: `A${layer}.${head}`, off: true });
     if (!names.has(`M${layer}`)) view.nodes.push({ name: `M${layer}`, off: true });
   }
+  view.nodes.push({ name: "embed", fixed: true }, { name: "logits", fixed: true });
   for (const node of view.nodes) {
     const [x, y] = xy(node.name);
-    root.append(svg("circle", { cx: x, cy: y, r: 16, fill: node.off ? "#fff" : colour(node.score ?? 0.5), stroke: node.off ? "#ccc" : "#222", class: node.off ? "node off" : "node", "data-node": node.name }));
+    const fill = node.off ? "#fff" : node.fixed ? "#ddd" : colour(node.score ?? 0.5);
+    const kind = node.off ? "node off" : node.fixed ? "node fixed" : "node";
+    root.append(svg("circle", { cx: x, cy: y, r: node.fixed ? 20 : 16, fill, stroke: node.off ? "#ccc" : "#222", class: kind, "data-node": node.name }));
     root.append(svg("text", { x, y: y + 4, "text-anchor": "middle", "font-size": 10, fill: node.off ? "#aaa" : "#000" }, node.name));
     if (!node.off && node.score !== null && node.score !== undefined) root.append(svg("text", { x: x + 20, y: y - 10, "font-size": 9 }, node.score.toFixed(2)));
   }
   return root;
 }
 
+// InversionView's viewer: the query, then the samples nearest first; each token shaded by how much
+// the activation raised its likelihood, each distance green inside ε; a line marks ε.
+function inversion(view) {
+  const maxShift = Math.max(1e-9, ...view.rows.flatMap((r) => r.shift.map(Math.abs)));
+  const rows = [];
+  let crossed = false;
+  for (const row of view.rows) {
+    const inside = row.distance < view.epsilon;
+    if (!inside && !crossed) {
+      crossed = true;
+      rows.push(el("div", { class: "epsilon-line", text: `ε = ${view.epsilon}` }));
+    }
+    const tokens = row.tokens.map((t, i) =>
+      el("span", { style: `background: rgba(26, 86, 176, ${Math.max(0, row.shift[i]) / maxShift})`, title: `shift ${row.shift[i]}`, text: t }));
+    rows.push(el("div", { class: inside ? "sample inside" : "sample outside" },
+      el("span", { class: "distance", text: row.distance.toFixed(3) }), " ",
+      el("span", { class: "tokens" }, ...tokens), el("span", { class: "muted", text: ` ×${row.count}` })));
+  }
+  if (!crossed) rows.push(el("div", { class: "epsilon-line", text: `ε = ${view.epsilon} (every sample shown is inside)` }));
+  return el("div", { class: "inversion" }, el("p", {}, "query: ", el("code", { text: view.query })), ...rows);
+}
+
 export function studyViews(views) {
   return views.map((view) => {
     const body = view.kind === "heatmap" ? heatmap(view)
       : view.kind === "circuit" ? circuit(view)
+      : view.kind === "inversion" ? inversion(view)
       : lineChart([{ name: view.y_label, steps: view.x, values: view.y }], { logX: true, xLabel: view.x_label });
     const note = view.score ? el("p", { class: "muted", text: `node labels: ${view.score}` }) : "";
     return el("div", { class: "chart study-view", "data-kind": view.kind }, el("h3", { text: view.title }), body, note);
