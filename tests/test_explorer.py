@@ -4,7 +4,9 @@ a run while it trains without getting in the trainer's way."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -373,3 +375,86 @@ def test_the_real_server_listens_on_the_loopback_address_only(tmp_path: Path) ->
         _, err = server.communicate(timeout=60)
     assert "Traceback" not in err
     assert not tmp_path.joinpath("tinylens.db").exists()
+
+
+# -- a damaged workspace: every request still gets an answer, never a 500 --
+
+
+@pytest.fixture
+def damaged(tmp_path: Path, trained_workspace: tuple[Path, str]) -> tuple[Path, str]:
+    """A copy of the trained run's folder (no index: the explorer builds one in memory)."""
+    root, name = trained_workspace
+    shutil.copytree(root / name, tmp_path / "ws" / name)
+    return tmp_path / "ws", name
+
+
+@pytest.mark.parametrize(
+    ("damage", "path"),
+    [
+        (lambda run: (run / "results" / "x.json").write_text('{"a": NaN}'), "/api/runs/{run}/results/x"),
+        (lambda run: (run / "results" / "x.json").write_text("[" * 50_000), "/api/runs/{run}/results/x"),
+        (lambda run: (run / "config.json").write_text('{"task": ' + "9" * 5000 + "}"), "/api/runs"),
+        (lambda run: (run / "config.json").write_text("[" * 50_000), "/api/runs/{run}/metrics"),
+        (
+            lambda run: (run / "status.json").write_text(
+                json.dumps({"status": "running", "pid": 10**30, "host": socket.gethostname()})
+            ),
+            "/api/runs",
+        ),
+        (lambda run: None, "/api/runs/{run}/results/" + "a" * 300),
+    ],
+)
+def test_damaged_files_never_give_a_500(damaged: tuple[Path, str], damage, path: str) -> None:
+    root, name = damaged
+    damage(root / name)
+    with TestClient(create_app(root)) as client:
+        response = client.get(path.format(run=name))
+    assert response.status_code < 500, response.text
+    assert "Traceback" not in response.text
+
+
+def test_odd_probe_bodies_are_400s(client: TestClient, trained_workspace: tuple[Path, str]) -> None:
+    name = trained_workspace[1]
+    for body in (b"[" * 60_000, b'{"seed": 0, "step": 60.0}', b'{"seed": 1e400}', b'{"seed": 10e30}'):
+        response = client.post(f"/api/runs/{name}/probe", content=body)
+        assert response.status_code == 400, (body[:30], response.text)
+
+
+def test_a_config_symlinked_out_of_the_workspace_is_neither_listed_nor_served(
+    damaged: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, name = damaged
+    secret = tmp_path / "secret.json"
+    secret.write_text((root / name / "config.json").read_text().replace("addition", "addition", 1))
+    (root / name / "config.json").unlink()
+    (root / name / "config.json").symlink_to(secret)
+    with TestClient(create_app(root)) as client:
+        assert client.get("/api/runs").json() == []
+        response = client.get(f"/api/runs/{name}")
+    assert response.status_code == 404 and "not inside the workspace" in response.json()["error"]
+
+
+def test_a_wal_without_its_shm_file_is_read_without_creating_one(
+    damaged: tuple[Path, str], trained_workspace: tuple[Path, str]
+) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    root, name = damaged
+    Workspace(root).runs()  # builds tinylens.db
+    writer = sqlite3.connect(root / "tinylens.db")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE runs SET step = 59 WHERE name = ?", (name,))
+    writer.commit()
+    copy = root.parent / "copied"
+    copy.mkdir()
+    for item in root.iterdir():  # copied as a user might: the -shm left behind
+        if item.is_dir():
+            shutil.copytree(item, copy / item.name)
+        elif item.name != "tinylens.db-shm":
+            (copy / item.name).write_bytes(item.read_bytes())
+    writer.close()
+    assert (copy / "tinylens.db-wal").stat().st_size > 0
+    with TestClient(create_app(copy)) as client:
+        rows = client.get("/api/runs").json()
+    assert [r["name"] for r in rows] == [name]
+    assert not (copy / "tinylens.db-shm").exists()

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ from tinylens.explorer.probe import BadRequestError, ModelCache, probe
 from tinylens.explorer.views import study_views
 
 STATIC = Path(__file__).parent / "static"
+_RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A result's name, as the store writes them (``results/NAME.json``)."""
 MAX_BODY = 64 * 1024
 """Largest probe request accepted, in bytes (a maze prompt is a few kB)."""
 log = logging.getLogger("tinylens.explorer")
@@ -49,29 +53,32 @@ def create_app(workspace: Path | str) -> Starlette:
     models = ModelCache(view.workspace)
 
     async def runs(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(view.runs))
+        return _JSON(await run_in_threadpool(view.runs))
 
     async def run(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(view.details, request.path_params["run"]))
+        return _JSON(await run_in_threadpool(view.details, request.path_params["run"]))
 
     async def metrics(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(view.metrics, request.path_params["run"]))
+        return _JSON(await run_in_threadpool(view.metrics, request.path_params["run"]))
 
     async def views(request: Request) -> Response:
         run_ = await run_in_threadpool(view.run, request.path_params["run"])
-        return JSONResponse(await run_in_threadpool(study_views, run_))
+        return _JSON(await run_in_threadpool(study_views, run_))
 
     async def result(request: Request) -> Response:
         name, key = request.path_params["run"], request.path_params["result"]
-        return JSONResponse(await run_in_threadpool(_result, view, name, key))
+        return _JSON(await run_in_threadpool(_result, view, name, key))
 
     async def probe_run(request: Request) -> Response:
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY:  # refused before it is read
+            raise BadRequestError(f"the request declares {declared} bytes; at most {MAX_BODY}")
         body = await request.body()
         if len(body) > MAX_BODY:
             raise BadRequestError(f"the request has {len(body)} bytes; at most {MAX_BODY}")
         try:
             data = json.loads(body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadRequestError(
                 'the request body must be JSON, e.g. {"text": "12345+67890="}'
             ) from None
@@ -82,7 +89,7 @@ def create_app(workspace: Path | str) -> Starlette:
             raise BadRequestError(f"unknown fields {unknown}; give text or seed, and optionally step")
         name = request.path_params["run"]
         answer = await run_in_threadpool(_probe, view, models, name, data)
-        return JSONResponse(answer)
+        return _JSON(answer)
 
     async def report(request: Request) -> Response:
         path = await run_in_threadpool(view.report, request.path_params["run"])
@@ -124,9 +131,27 @@ def create_app(workspace: Path | str) -> Starlette:
     return app
 
 
+class _JSON(JSONResponse):
+    """JSON with NaN and infinities (which results and configs may hold) sent as null: strict
+    JSON, which browsers parse."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(_finite(content))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _result(view: WorkspaceView, name: str, key: str) -> Any:
     run = view.run(name)
-    if not run.has_result(key):  # has_result needs a plain name: the route gives one segment
+    if not _RESULT_NAME.fullmatch(key) or not run.has_result(key):
         raise NotFoundError(f"run {name!r} has no result {key!r}")
     view.inside(run.path / "results" / f"{key}.json")
     return run.read_result(key)
@@ -137,14 +162,14 @@ def _probe(view: WorkspaceView, models: ModelCache, name: str, data: dict[str, A
     if not steps:
         raise NotFoundError(f"run {name!r} has no checkpoint yet")
     step = data.get("step", steps[-1])
-    if step not in steps or isinstance(step, bool):
+    if type(step) is not int or step not in steps:  # not 20.0, not True
         raise BadRequestError(f"run {name!r} has no checkpoint at step {step!r}; it has {steps}")
     return probe(models.get(name, step), text=data.get("text"), seed=data.get("seed"))
 
 
 def _error(status: int):
     async def handler(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        return _JSON({"error": str(exc)}, status_code=status)
 
     return handler
 
@@ -152,9 +177,9 @@ def _error(status: int):
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's own 404/405 (no such route, wrong method), as JSON like ours."""
     message = exc.detail if exc.status_code != 404 else f"no page {request.url.path!r}"
-    return JSONResponse({"error": message}, status_code=exc.status_code)
+    return _JSON({"error": message}, status_code=exc.status_code)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed: %r", request.method, request.url.path, exc)
-    return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+    return _JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)

@@ -37,6 +37,10 @@ class WorkspaceView:
         rows = []
         for info in workspace.runs():
             run = workspace.run(info.name)
+            try:
+                self.contained(run)
+            except NotFoundError:
+                continue  # a run reaching out of the workspace is not shown
             config = _config(run)
             acc = workspace.metrics(info.name, "eval/acc").get("eval/acc")
             rows.append(
@@ -65,8 +69,24 @@ class WorkspaceView:
             run = self.workspace().run(name)
         except RunNotFoundError as err:
             raise NotFoundError(str(err)) from None
-        self.inside(run.path)
+        self.contained(run)
         return run
+
+    def contained(self, run: Run) -> None:
+        """Check that the run's folder and every file the explorer may read from it (config,
+        status, metrics, results, figures, checkpoints, report) resolve inside the workspace.
+
+        Raises:
+            NotFoundError: one of them is a symlink out of the workspace.
+        """
+        self.inside(run.path)
+        paths = [run.path / n for n in ("config.json", "status.json", "metrics.jsonl", "report.html")]
+        for folder in ("results", "figures", "checkpoints"):
+            if (run.path / folder).is_dir():
+                paths += [run.path / folder, *(run.path / folder).iterdir()]
+        for path in paths:
+            if path.exists() or path.is_symlink():
+                self.inside(path)
 
     def details(self, name: str) -> dict[str, Any]:
         """A run's page: its config, state, checkpoints, results, figures and whether it has a
@@ -109,7 +129,10 @@ class WorkspaceView:
 
     def inside(self, path: Path) -> Path:
         """``path`` resolved, if it lies inside the workspace folder."""
-        resolved = path.resolve()
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            raise NotFoundError(f"{path.name} cannot be resolved inside the workspace") from None
         if not resolved.is_relative_to(self.root):
             raise NotFoundError(f"{path.name} is not inside the workspace {self.root}")
         return resolved

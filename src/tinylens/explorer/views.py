@@ -40,10 +40,13 @@ def _seqcont_views(run: Run) -> list[dict[str, Any]]:
         return []
     circuits = run.read_result("circuits")
     graph = run.read_result("graph")
-    n_layers, n_heads = int(graph["n_layers"]), int(graph["n_heads"])
     views = []
     for family, circuit in circuits.items():
         patching = circuit["head_patching"]  # [layer][head], normalised: 1 = the whole effect
+        # the sizes the patching map has, not graph.json's word for it (a damaged file)
+        n_layers, n_heads = len(patching), len(patching[0])
+        if (int(graph["n_layers"]), int(graph["n_heads"])) != (n_layers, n_heads):
+            continue
         views.append(
             {
                 "kind": "heatmap",

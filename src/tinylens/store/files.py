@@ -91,8 +91,11 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise TinylensError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    # ValueError: besides bad JSON, an integer of more digits than Python converts (4300)
+    except (ValueError, UnicodeDecodeError) as err:
         raise TinylensError(f"{path} is not valid JSON ({err}); fix or delete it") from None
+    except RecursionError:
+        raise TinylensError(f"{path} is nested too deeply to be ours; fix or delete it") from None
     except OSError as err:
         raise TinylensError(f"cannot read {path}: {err.strerror}") from None
 
@@ -100,7 +103,7 @@ def read_json(path: Path) -> Any:
 def _read_json_or_none(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

@@ -200,12 +200,12 @@ class _WorkspaceIndex:
         """The existing index opened read-only, or else an index rebuilt in memory (no writes)."""
         path = self.root / DB_NAME
         uri = "file:" + urllib.parse.quote(str(path.resolve()))
-        # With no -wal data, immutable=1 reads the file as it is and creates nothing (a read-only
-        # folder cannot get the -shm file mode=ro wants); data still in a -wal file needs mode=ro,
-        # and failing that the in-memory rebuild below.
-        wal = self.root / f"{DB_NAME}-wal"
+        # With no -wal data, immutable=1 reads the file as it is and creates nothing. Data still in
+        # a -wal file needs mode=ro, which uses the -shm file a writer keeps beside it but would
+        # create one that is missing (a copied workspace): then the in-memory rebuild below.
+        wal, shm = self.root / f"{DB_NAME}-wal", self.root / f"{DB_NAME}-shm"
         pending = wal.exists() and wal.stat().st_size > 0
-        options = ["mode=ro"] if pending else ["immutable=1", "mode=ro"]
+        options = (["mode=ro"] if shm.exists() else []) if pending else ["immutable=1"]
         if path.is_file() and path.stat().st_size:
             for option in options:
                 try:

@@ -31,7 +31,7 @@ def _owner_tag() -> str:
 
 def _pid_alive(pid: int) -> bool:
     """Whether a process with this id exists on this machine."""
-    if pid <= 0:
+    if not 0 < pid < 2**31:  # a damaged status.json: os.kill would overflow
         return False
     try:
         os.kill(pid, 0)

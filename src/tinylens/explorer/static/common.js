@@ -2,7 +2,12 @@
 
 export async function getJSON(url, options) {
   const response = await fetch(url, options);
-  const data = await response.json();
+  let data;
+  try {
+    data = await response.json();
+  } catch {
+    throw new Error(`${response.status} ${response.statusText} (the server's answer is not JSON)`);
+  }
   if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
   return data;
 }

@@ -48,8 +48,11 @@ export function lineChart(series, { logX = false, logY = false, xLabel = "step" 
   }
   const xs = usable.flatMap((s) => s.points.map((p) => p[0]));
   const ys = usable.flatMap((s) => s.points.map((p) => p[1]));
-  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
-  const [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  // reduce, not Math.min(...xs): a long run's series can exceed the engine's argument limit
+  const lo = (a) => a.reduce((m, v) => (v < m ? v : m), Infinity);
+  const hi = (a) => a.reduce((m, v) => (v > m ? v : m), -Infinity);
+  const [x0, x1] = [lo(xs), hi(xs)];
+  const [y0, y1] = [lo(ys), hi(ys)];
   const sx = scale(x0, x1 === x0 ? x0 + 1 : x1, logX, PAD.left, W - PAD.right);
   const sy = scale(y0, y1 === y0 ? y0 + 1 : y1, logY, H - PAD.bottom, PAD.top);
   root.append(svg("rect", { x: PAD.left, y: PAD.top, width: W - PAD.left - PAD.right, height: H - PAD.top - PAD.bottom, fill: "none", stroke: "#999" }));

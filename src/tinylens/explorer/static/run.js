@@ -101,15 +101,16 @@ function probeResult(r) {
 
 async function main() {
   try {
-    const [run, metrics, views] = await Promise.all([getJSON(api), getJSON(`${api}/metrics`), getJSON(`${api}/views`)]);
+    const [run, metrics] = await Promise.all([getJSON(api), getJSON(`${api}/metrics`)]);
     overview(run);
+    drawCurves(metrics);
+    for (const id of ["log-x", "log-y"]) document.getElementById(id).addEventListener("change", () => drawCurves(metrics));
+    probeForm(run);
+    const views = await getJSON(`${api}/views`);
     if (views.length) {
       document.getElementById("views").replaceChildren(...studyViews(views));
       document.getElementById("views-section").hidden = false;
     }
-    drawCurves(metrics);
-    for (const id of ["log-x", "log-y"]) document.getElementById(id).addEventListener("change", () => drawCurves(metrics));
-    probeForm(run);
   } catch (error) {
     showError(document.getElementById("overview"), error);
   }

@@ -27,7 +27,8 @@ function heatmap(view) {
   view.rows.forEach((r, i) => {
     root.append(svg("text", { x: left - 6, y: top + cell * (i + 0.5) + 4, "text-anchor": "end", "font-size": 11 }, r));
     view.cols.forEach((c, j) => {
-      const v = view.values[i][j];
+      const raw = (view.values[i] || [])[j];
+      const v = typeof raw === "number" ? raw : null;  // null: nothing measured (or a damaged file)
       root.append(svg("rect", { x: left + cell * j, y: top + cell * i, width: cell - 2, height: cell - 2, fill: colour(v), "data-value": v ?? "" }));
       root.append(svg("text", { x: left + cell * (j + 0.5), y: top + cell * (i + 0.5) + 4, "text-anchor": "middle", "font-size": 10, fill: Math.abs(v ?? 0) > 0.6 ? "#fff" : "#222" }, v === null ? "-" : v.toFixed(2)));
     });
@@ -52,11 +53,12 @@ function circuit(view) {
   const xy = (name) => { const [level, slot] = place(name, nLayers, nHeads); return [width / 2 + slot * dx, height - 24 - level * dy]; };
   const root = svg("svg", { width, height, class: "circuit" });
   const scores = view.edge_scores || {};
-  const top = Math.max(1e-9, ...Object.values(scores).map(Math.abs));
+  const top = Object.values(scores).filter((v) => typeof v === "number").reduce((m, v) => Math.max(m, Math.abs(v)), 1e-9);
   for (const edge of view.edges) {
+    if (typeof edge !== "string" || !edge.includes("->")) continue;
     const [from, to] = edge.split("->");
     const [x1, y1] = xy(from), [x2, y2] = xy(to.replace(/\.[qkv]$/, ""));
-    const score = scores[edge];
+    const score = typeof scores[edge] === "number" ? scores[edge] : undefined;
     // width by |EAP-IG score| (the strongest edge widest); blue raises the logit difference, red lowers
     const width = score === undefined ? 1.5 : 1 + 5 * Math.abs(score) / top;
     const stroke = score === undefined ? "#888" : score <= 0 ? "rgba(26, 86, 176, 0.7)" : "rgba(201, 42, 42, 0.7)";
@@ -72,11 +74,11 @@ function circuit(view) {
   view.nodes.push({ name: "embed", fixed: true }, { name: "logits", fixed: true });
   for (const node of view.nodes) {
     const [x, y] = xy(node.name);
-    const fill = node.off ? "#fff" : node.fixed ? "#ddd" : colour(node.score ?? 0.5);
+    const fill = node.off ? "#fff" : node.fixed ? "#ddd" : colour(typeof node.score === "number" ? node.score : 0.5);
     const kind = node.off ? "node off" : node.fixed ? "node fixed" : "node";
     root.append(svg("circle", { cx: x, cy: y, r: node.fixed ? 20 : 16, fill, stroke: node.off ? "#ccc" : "#222", class: kind, "data-node": node.name }));
     root.append(svg("text", { x, y: y + 4, "text-anchor": "middle", "font-size": 10, fill: node.off ? "#aaa" : "#000" }, node.name));
-    if (!node.off && node.score !== null && node.score !== undefined) root.append(svg("text", { x: x + 20, y: y - 10, "font-size": 9 }, node.score.toFixed(2)));
+    if (!node.off && typeof node.score === "number") root.append(svg("text", { x: x + 20, y: y - 10, "font-size": 9 }, node.score.toFixed(2)));
   }
   return root;
 }
@@ -84,7 +86,8 @@ function circuit(view) {
 // InversionView's viewer: the query, then the samples nearest first; each token shaded by how much
 // the activation raised its likelihood, each distance green inside ε; a line marks ε.
 function inversion(view) {
-  const maxShift = Math.max(1e-9, ...view.rows.flatMap((r) => r.shift.map(Math.abs)));
+  const num = (v) => (typeof v === "number" ? v : 0);
+  const maxShift = view.rows.flatMap((r) => r.shift.map((v) => Math.abs(num(v)))).reduce((m, v) => Math.max(m, v), 1e-9);
   const rows = [];
   let crossed = false;
   for (const row of view.rows) {
@@ -94,9 +97,9 @@ function inversion(view) {
       rows.push(el("div", { class: "epsilon-line", text: `ε = ${view.epsilon}` }));
     }
     const tokens = row.tokens.map((t, i) =>
-      el("span", { style: `background: rgba(26, 86, 176, ${Math.max(0, row.shift[i]) / maxShift})`, title: `shift ${row.shift[i]}`, text: t }));
+      el("span", { style: `background: rgba(26, 86, 176, ${Math.max(0, num(row.shift[i])) / maxShift})`, title: `shift ${row.shift[i]}`, text: t }));
     rows.push(el("div", { class: inside ? "sample inside" : "sample outside" },
-      el("span", { class: "distance", text: row.distance.toFixed(3) }), " ",
+      el("span", { class: "distance", text: typeof row.distance === "number" ? row.distance.toFixed(3) : "-" }), " ",
       el("span", { class: "tokens" }, ...tokens), el("span", { class: "muted", text: ` ×${row.count}` })));
   }
   if (!crossed) rows.push(el("div", { class: "epsilon-line", text: `ε = ${view.epsilon} (every sample shown is inside)` }));
@@ -105,11 +108,20 @@ function inversion(view) {
 
 export function studyViews(views) {
   return views.map((view) => {
-    const body = view.kind === "heatmap" ? heatmap(view)
-      : view.kind === "circuit" ? circuit(view)
-      : view.kind === "inversion" ? inversion(view)
-      : lineChart([{ name: view.y_label, steps: view.x, values: view.y }], { logX: true, xLabel: view.x_label });
-    const note = view.score ? el("p", { class: "muted", text: `node labels: ${view.score}` }) : "";
-    return el("div", { class: "chart study-view", "data-kind": view.kind }, el("h3", { text: view.title }), body, note);
+    try {
+      return drawView(view);
+    } catch (error) {  // one view that cannot be drawn must not take the page with it
+      return el("div", { class: "chart study-view" }, el("h3", { text: view.title ?? "view" }),
+        el("p", { class: "error", text: `cannot draw this view: ${error.message}` }));
+    }
   });
+}
+
+function drawView(view) {
+  const body = view.kind === "heatmap" ? heatmap(view)
+    : view.kind === "circuit" ? circuit(view)
+    : view.kind === "inversion" ? inversion(view)
+    : lineChart([{ name: view.y_label, steps: view.x, values: view.y }], { logX: true, xLabel: view.x_label });
+  const note = view.score ? el("p", { class: "muted", text: `node labels: ${view.score}` }) : "";
+  return el("div", { class: "chart study-view", "data-kind": view.kind }, el("h3", { text: view.title }), body, note);
 }
