@@ -28,7 +28,7 @@ from tinylens.config import PRESETS, make_run_config, read_overrides
 from tinylens.errors import Interrupted, TinylensError
 from tinylens.evaluation import EvalResult, evaluate_fresh, greedy_answer
 from tinylens.model import load_pretrained
-from tinylens.store import DEFAULT_WORKSPACE, Workspace
+from tinylens.store import DEFAULT_WORKSPACE, Workspace, finite_values
 from tinylens.studies import STUDIES, run_study
 from tinylens.studies.regions import read_prompts, tokenize_prompts
 from tinylens.studies.regions_analyses import BOUNDARY, SAME_REGION
@@ -414,16 +414,7 @@ def reindex(workspace: WorkspaceOpt = DEFAULT_WORKSPACE) -> None:
 def _strict_json(obj: object) -> str:
     """Indented JSON that strict readers accept: NaN (an empty class's accuracy) becomes null."""
 
-    def finite(value: object) -> object:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite(obj), indent=2, allow_nan=False)
+    return json.dumps(finite_values(obj), indent=2, allow_nan=False)
 
 
 def _report_training(result: runs_api.TrainResult) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tinylens.errors import TinylensError
 from tinylens.explorer.data import NotFoundError, WorkspaceView
 from tinylens.explorer.probe import BadRequestError, ModelCache, probe
 from tinylens.explorer.views import study_views
+from tinylens.store import finite_values
 
 STATIC = Path(__file__).parent / "static"
 _RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -136,17 +136,7 @@ class _JSON(JSONResponse):
     JSON, which browsers parse."""
 
     def render(self, content: Any) -> bytes:
-        return super().render(_finite(content))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return super().render(finite_values(content))
 
 
 def _result(view: WorkspaceView, name: str, key: str) -> Any:

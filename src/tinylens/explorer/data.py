@@ -8,7 +8,6 @@ file served must resolve inside the workspace folder, so neither ``..`` nor a sy
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ class WorkspaceView:
                     "step": info.step,
                     "task": config.get("task") if isinstance(config.get("task"), str) else None,
                     "preset": config.get("preset") if isinstance(config.get("preset"), str) else None,
-                    "acc": _finite(acc.values[-1]) if acc is not None and len(acc.values) else None,
+                    "acc": float(acc.values[-1]) if acc is not None and len(acc.values) else None,
                     "created": info.created,
                     "updated": info.updated,
                 }
@@ -105,11 +104,12 @@ class WorkspaceView:
         }
 
     def metrics(self, name: str) -> dict[str, dict[str, list[Any]]]:
-        """Every metric of run ``name``: ``{metric: {"steps": [...], "values": [...]}}``, NaN as None."""
+        """Every metric of run ``name``: ``{metric: {"steps": [...], "values": [...]}}`` (the app's
+        responses send NaN as null)."""
         self.run(name)
         series = self.workspace().metrics(name)
         return {
-            metric: {"steps": s.steps.tolist(), "values": [_finite(v) for v in s.values.tolist()]}
+            metric: {"steps": s.steps.tolist(), "values": s.values.tolist()}
             for metric, s in series.items()
         }
 
@@ -143,7 +143,3 @@ def _config(run: Run) -> dict[str, Any]:
         return run.config
     except TinylensError:
         return {}
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

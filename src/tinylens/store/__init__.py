@@ -43,7 +43,14 @@ from tinylens.store.checkpoints import (
     read_metadata,
     save_tensors,
 )
-from tinylens.store.files import STALE_AFTER_S, atomic_path, config_hash, read_json, write_json
+from tinylens.store.files import (
+    STALE_AFTER_S,
+    atomic_path,
+    config_hash,
+    finite_values,
+    read_json,
+    write_json,
+)
 from tinylens.store.index import RunInfo, RunState
 from tinylens.store.layout import DB_NAME, DEFAULT_WORKSPACE, METRICS_FILE, STATUS_FILE
 from tinylens.store.locks import _host_tag as _host_tag  # not public; tests name it
@@ -72,6 +79,7 @@ __all__ = [
     "atomic_path",
     "write_json",
     "read_json",
+    "finite_values",
     "config_hash",
     # the layout's file names, and when a temporary file counts as debris
     "DB_NAME",

@@ -72,17 +72,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented, strict JSON (NaN and ±inf become null), atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(finite_values(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def _finite(obj: Any) -> Any:
+def finite_values(obj: Any) -> Any:
     """``obj`` with non-finite floats replaced by None, so browsers and other tools can read it."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_values(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [finite_values(v) for v in obj]
     return obj
 
 

@@ -29,12 +29,12 @@ from tinylens.store.checkpoints import save_tensors
 from tinylens.store.files import (
     _STAGING_DIR,
     _TMP_FILE,
-    _finite,
     _is_stale,
     _only_staged_files,
     _read_json_or_none,
     atomic_path,
     config_hash,
+    finite_values,
     read_json,
     umask_mode,
     write_json,
@@ -204,7 +204,7 @@ class Workspace(_WorkspaceIndex):
     def _same_config_run(self, name: str, config: dict[str, Any]) -> Run:
         run = Run(self, name)
         existing = _read_json_or_none(run.path / "config.json")
-        if config_hash(existing) != config_hash(_finite(config)):
+        if config_hash(existing) != config_hash(finite_values(config)):
             raise ConfigError(
                 f"run {name!r} already exists in {self.root} with a different config; "
                 "pick another --name"
@@ -219,7 +219,7 @@ class Workspace(_WorkspaceIndex):
         try:
             write_json(staging / "config.json", config)
             write_json(staging / STATUS_FILE, status)
-            row = (name, kind, config_hash(_finite(config)), json.dumps(config, sort_keys=True))
+            row = (name, kind, config_hash(finite_values(config)), json.dumps(config, sort_keys=True))
 
             def insert(db: sqlite3.Connection) -> None:
                 with db:  # the row commits only if the folder made it into place
