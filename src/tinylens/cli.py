@@ -33,6 +33,7 @@ from tinylens.studies import STUDIES, run_study
 from tinylens.studies.regions import read_prompts, tokenize_prompts
 from tinylens.studies.regions_analyses import BOUNDARY, SAME_REGION
 from tinylens.sweep import SweepSpec, TrialResult, expand, read_spec, run_sweep, write_report
+from tinylens.sweep.driver import TIME_METRICS
 from tinylens.tasks import TASKS
 
 app = typer.Typer(
@@ -360,7 +361,7 @@ def sweep(
 
 
 def _print_trials(spec: SweepSpec, trials: list[TrialResult]) -> None:
-    metrics = [m for m in dict.fromkeys(k for t in trials for k in t.metrics) if m != "train_seconds"]
+    metrics = [m for m in dict.fromkeys(k for t in trials for k in t.metrics) if m not in TIME_METRICS]
     table = Table("trial", *spec.axes, "status", *metrics, title=f"sweep {spec.name}")
     for t in trials:
         values = [
