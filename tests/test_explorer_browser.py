@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ def browser() -> Iterator[webdriver.Chrome]:
         yield driver
 
 
-def serve(root: Path) -> Iterator[str]:
+@contextmanager
+def served(root: Path) -> Iterator[str]:
+    """The explorer over ``root`` on a free 127.0.0.1 port, in a thread: its base URL."""
     server = uvicorn.Server(
         uvicorn.Config(create_app(root), host="127.0.0.1", port=0, log_level="warning")
     )
@@ -42,9 +45,11 @@ def serve(root: Path) -> Iterator[str]:
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +62,14 @@ def addition_site(
     site = tmp_path_factory.mktemp("site")
     shutil.copytree(root / name, site / name)
     shutil.copytree(study_run.path, site / study_run.name)
-    yield from serve(site)
+    with served(site) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def maze_site(maze_study_run: Run) -> Iterator[str]:
-    yield from serve(maze_study_run.workspace.root)
+    with served(maze_study_run.workspace.root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +168,7 @@ def test_a_maze_probe_draws_the_maze_with_both_paths(
 def test_a_seqcont_study_shows_patching_heatmaps_and_circuit_graphs(
     browser: webdriver.Chrome, seqcont_study_run: Run, shots: Path
 ) -> None:
-    for site in serve(seqcont_study_run.workspace.root):
+    with served(seqcont_study_run.workspace.root) as site:
         browser.get(f"{site}/run?name={seqcont_study_run.name}")
         wait_for(browser, ".study-view svg.circuit")
         circuits = seqcont_study_run.read_result("circuits")
@@ -186,7 +193,7 @@ def test_a_seqcont_study_shows_patching_heatmaps_and_circuit_graphs(
 def test_the_inversion_viewer_shows_samples_and_the_epsilon_line(
     browser: webdriver.Chrome, inversion_study_run: Run, shots: Path
 ) -> None:
-    for site in serve(inversion_study_run.workspace.root):
+    with served(inversion_study_run.workspace.root) as site:
         browser.get(f"{site}/run?name={inversion_study_run.name}")
         viewer = wait_for(browser, ".study-view .inversion")
         stored = inversion_study_run.read_result("counting")["viewer"][0]
