@@ -2,12 +2,13 @@
 activation of the probed model and the site it was read at.
 
 Background:
-    Huang et al. (2024) condition a decoder on (activation, site) and sample inputs from it; the
-    samples whose own activation at that site lies within ε of the query show what the activation
-    encodes. The conditioning path: the activation, concatenated with a learned embedding of its
-    site, passes a stack of residual MLP blocks (LN → Linear → ReLU → Linear) and a final LN; in
-    every decoder layer a projection of it becomes one extra key/value slot that every position can
-    attend to (not a prefix token: it takes no position and is never predicted).
+    Huang, Panwar, Goyal and Hahn (2024) condition a decoder on (activation, site) and sample
+    inputs from it; the samples whose own activation at that site lies within ε of the query show
+    what the activation encodes. The conditioning path: the activation, concatenated with a
+    learned embedding of its site, passes a stack of residual MLP blocks (LN → Linear → ReLU →
+    Linear) and a final LN; in every decoder layer a projection of it becomes one extra key/value
+    slot that every position can attend to (not a prefix token: it takes no position and is never
+    predicted).
 
     Written in plain PyTorch, nanoGPT-style, rather than as a TransformerLens model: the extra
     key/value slot per layer is not an architecture TransformerLens builds, and the decoder is a
@@ -20,7 +21,8 @@ Usage:
     samples = decoder.sample(acts, sites, temperature=1.0, generator=g)   # [batch, n_ctx]
 
 References:
-    Huang, Geiger et al. 2024, "InversionView" (arXiv:2405.17653), appendix on the decoder.
+    Huang, Panwar, Goyal and Hahn, "InversionView", NeurIPS 2024 (arXiv:2405.17653), appendix on
+    the decoder.
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     # (d_model 192 with 3 heads: ~17/s) and 4 heads of 32 learn the task far sooner, so 5-digit
     # addition passes 99% exact match in a few minutes.
     "cpu": ModelConfig(n_layers=1, n_heads=4, d_model=128, d_head=32, d_mlp=512),
-    # InversionView's counting model (Huang et al. 2024): 2 layers, 1 head, d_model 64.
+    # InversionView's counting model (Huang, Panwar, Goyal and Hahn 2024): 2 layers, 1 head,
+    # d_model 64.
     "inversion": ModelConfig(n_layers=2, n_heads=1, d_model=64, d_head=64, d_mlp=256),
     # For tests and smoke runs: seconds, not minutes.
     "tiny": ModelConfig(n_layers=1, n_heads=2, d_model=32, d_head=16, d_mlp=64),

@@ -87,9 +87,11 @@ def embedding_geometry(
     x = vectors.detach().double()
     p = points.double()
     pairs = torch.triu_indices(len(x), len(x), offset=1)
-    emb_dist = torch.cdist(x, x)[pairs[0], pairs[1]]
+    # exact differences, not cdist's ‖x‖² + ‖y‖² − 2x·y (an error of √(ε‖x‖²) that reorders ties)
+    emb_dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")[pairs[0], pairs[1]]
     norm = 1.0 if point_metric == "manhattan" else 2.0
-    point_dist = torch.cdist(p, p, p=norm)[pairs[0], pairs[1]]
+    point_dist = torch.cdist(p, p, p=norm, compute_mode="donot_use_mm_for_euclid_dist")
+    point_dist = point_dist[pairs[0], pairs[1]]
 
     centred = x - x.mean(0)
     _, singular, v = torch.linalg.svd(centred, full_matrices=False)

@@ -1,9 +1,10 @@
 """InversionView's measurements: sites, the ε-preimage distance, and completeness by enumeration.
 
 Background:
-    InversionView (Huang et al. 2024) reads what an activation encodes by looking at the inputs that
-    produce (almost) the same activation: the ε-preimage of a query activation z_q at a site is
-    every input whose activation at **any** of its positions lies within ε of z_q, by
+    InversionView (Huang, Panwar, Goyal and Hahn 2024) reads what an activation encodes by looking
+    at the inputs that produce (almost) the same activation: the ε-preimage of a query activation
+    z_q at a site is every input whose activation at **any** of its positions lies within ε of z_q,
+    by
 
         D(z, z_q) = ‖z − z_q‖₂ / ‖z_q‖₂        (or 1 − cos(z, z_q)),   ε = 0.1 by default.
 
@@ -24,8 +25,8 @@ Usage:
     scores = completeness(true_distances, sampled_ids, epsilon=0.1)
 
 References:
-    Huang, Geiger et al. 2024, "InversionView: A General-Purpose Method for Reading Information from
-    Neural Activations" (arXiv:2405.17653).
+    Huang, Panwar, Goyal and Hahn, "InversionView: A General-Purpose Method for Reading
+    Information from Neural Activations", NeurIPS 2024 (arXiv:2405.17653).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ Usage:
     score.consistency, score.base_rate
 
 References:
-    Huang, Geiger et al. 2024, "InversionView" (arXiv:2405.17653); Luo et al. 2025, "InverseScope"
-    (the feature consistency rate).
+    Huang, Panwar, Goyal and Hahn, "InversionView", NeurIPS 2024 (arXiv:2405.17653); Luo et al.
+    2025, "InverseScope" (the feature consistency rate).
 """
 
 from __future__ import annotations

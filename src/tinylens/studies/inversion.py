@@ -1,4 +1,5 @@
-"""Study ``inversion``: reproduce InversionView (Huang, Geiger et al. 2024) on two probed models.
+"""Study ``inversion``: reproduce InversionView (Huang, Panwar, Goyal and Hahn, NeurIPS 2024) on
+two probed models.
 
 Background:
     What does an activation encode? InversionView answers with the inputs that give (almost) the
@@ -23,8 +24,8 @@ Usage:
     run = run_study("inversion", Workspace("runs"), "quick")
 
 References:
-    Huang, Geiger et al. 2024, arXiv:2405.17653; Luo et al. 2025 (InverseScope, the feature
-    consistency rate).
+    Huang, Panwar, Goyal and Hahn, NeurIPS 2024 (arXiv:2405.17653); Luo et al. 2025
+    (InverseScope, the feature consistency rate).
 """
 
 from __future__ import annotations
@@ -433,7 +434,10 @@ def sections(result: InversionResult) -> list[Section]:
 STUDY: Study[InversionStudyConfig, InversionResult] = Study(
     name="inversion",
     title="InversionView: what do the activations of a counting and an addition model encode?",
-    summary="Huang, Geiger et al. 2024: decode activations into the inputs that share them",
+    summary=(
+        "Huang, Panwar, Goyal and Hahn (NeurIPS 2024): decode activations into the inputs that "
+        "share them"
+    ),
     presets=STUDY_PRESETS,
     configure=study_config,
     measure=measure,

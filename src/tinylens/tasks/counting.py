@@ -1,4 +1,4 @@
-"""Character counting, the first probed task of InversionView (Huang et al. 2024).
+"""Character counting, the first probed task of InversionView (Huang, Panwar, Goyal and Hahn, 2024).
 
 Background:
     A string shuffles a multiset of three distinct letters, each 1–9 times, then names one of
@@ -23,8 +23,8 @@ Usage:
     task.labels(tokens).query_count  # the answer, as an integer
 
 References:
-    Huang, Geiger et al., "InversionView: A General-Purpose Method for Reading Information from
-    Neural Activations", 2024 (arXiv:2405.17653).
+    Huang, Panwar, Goyal and Hahn, "InversionView: A General-Purpose Method for Reading
+    Information from Neural Activations", NeurIPS 2024 (arXiv:2405.17653).
 """
 
 from __future__ import annotations

@@ -316,7 +316,11 @@ def plane_slice(
         shaped = points.reshape(1, steps * steps, *clean.write.shape[1:])
         reads, _ = runner.patched(clean.rows(slice(0, 1)), shaped)
     reads = reads[0].flatten(1)  # [point, d]
-    distances = torch.cdist(clean.read.flatten(1), reads).reshape(3, steps, steps)
+    # Not cdist's default: past 25 rows it takes ‖x‖² + ‖y‖² − 2x·y, whose cancellation leaves an
+    # error of √(ε‖x‖²) (4e-8 for A's distance to itself in float64); the differences are exact.
+    distances = torch.cdist(
+        clean.read.flatten(1), reads, compute_mode="donot_use_mm_for_euclid_dist"
+    ).reshape(3, steps, steps)
     corners = torch.tensor([[0.0, 0.0], [1.0, 0.0], [alpha_c, 1.0]], dtype=acts.dtype)
     return RegionSlice(grid, grid.clone(), distances, corners, write_hook, read_hook)
 
