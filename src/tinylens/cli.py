@@ -25,7 +25,7 @@ from tinylens import runs as runs_api
 from tinylens.analysis import interpolate
 from tinylens.cli_invert import invert_app
 from tinylens.config import PRESETS, make_run_config, read_overrides
-from tinylens.errors import Interrupted, TinylensError
+from tinylens.errors import Interrupted, TinylensError, TokenError
 from tinylens.evaluation import EvalResult, evaluate_fresh, greedy_answer
 from tinylens.model import load_pretrained
 from tinylens.store import DEFAULT_WORKSPACE, Workspace, finite_values
@@ -34,7 +34,7 @@ from tinylens.studies.regions import read_prompts, tokenize_prompts
 from tinylens.studies.regions_analyses import BOUNDARY, SAME_REGION
 from tinylens.sweep import SweepSpec, TrialResult, expand, read_spec, run_sweep, write_report
 from tinylens.sweep.driver import TIME_METRICS
-from tinylens.tasks import TASKS
+from tinylens.tasks import TASKS, Task
 
 app = typer.Typer(
     name="tinylens",
@@ -155,6 +155,15 @@ def predict(
     out.print(f"{true_text}  true  {verdict}", highlight=False, soft_wrap=True)
 
 
+def _prompt_line(task: Task, path: Path, index: int, text: str) -> torch.Tensor:
+    """Prompt ``index`` of a prompt file (its line ``index + 1``: blank lines are refused before
+    the last prompt) as the task's tokens, an error naming the line otherwise."""
+    try:
+        return task.parse_prompt(text)
+    except TokenError as err:
+        raise TokenError(f"prompt file {path}, line {index + 1}: {err}") from None
+
+
 @app.command()
 def regions(
     model: Annotated[
@@ -189,7 +198,7 @@ def regions(
     else:
         trained = runs_api.load_trained(Workspace(workspace), model, checkpoint)
         lm = trained.model
-        tokens = torch.stack([trained.task.parse_prompt(text) for text in texts])
+        tokens = torch.stack([_prompt_line(trained.task, prompts, i, t) for i, t in enumerate(texts)])
     curves = interpolate(
         lm,
         tokens[:-1],

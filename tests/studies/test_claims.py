@@ -27,6 +27,10 @@ def test_condition_verdict_and_rule_come_from_one_threshold() -> None:
     assert Condition("loss", 0.2, "<=", 0.5, "{:.1f}").rule == "loss ≤ 0.5"
     assert not Condition("share", math.nan, ">=", 0.0).holds  # NaN never passes
     assert not Condition("share", math.nan, "<=", 1.0).holds
+    # nor any other value that is not a finite number: 0/0 taken as ∞, or −∞
+    assert not Condition("ratio", math.inf, ">=", 2.0).holds
+    assert not Condition("gap", -math.inf, "<=", 0.1).holds
+    assert Condition("count", 3, ">=", 2).holds and Condition("share", 0.5, "<", 1.0).holds
     assert Condition.requires("in every circuit", True).holds
     assert not Condition.requires("in every circuit", False).holds
     assert Condition.requires("in every circuit", False).rule == "in every circuit"
@@ -383,6 +387,12 @@ def test_regions_answers_claim_compares_different_to_same_answer_pairs() -> None
     assert not alike.holds and alike.rule == claim.rule
     empty = regions.answers_claim(_size(_regions(SHARP, same=[]), _regions(SMOOTH)), own=True)
     assert not empty.holds and "not measured" in empty.measured
+    # no pair crossing on either side (0% vs 0%): the ratio is a finite 0, not 0/0 taken as ∞
+    neither = regions.answers_claim(_size(_regions(SMOOTH, same=SMOOTH), _regions(SMOOTH)), own=True)
+    ratio = neither.conditions[-1]
+    assert not neither.holds and not ratio.holds and ratio.value == 0.0
+    # every same-answer pair smooth, every different-answer one sharp: a finite ratio that holds
+    assert math.isfinite(claim.conditions[-1].value) and claim.conditions[-1].holds
 
 
 def test_regions_polytopes_claim_counts_flips_inside_one_region() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,11 @@ from tinylens.cli import main
 from tinylens.config import derive_seed, make_run_config
 from tinylens.errors import ConfigError
 from tinylens.store import Run, Workspace
+from tinylens.studies import regions as regions_study
 from tinylens.studies import regions_analyses as an
 from tinylens.studies import run_study
 from tinylens.studies.framework import StudyInputs
-from tinylens.studies.regions import study_config
+from tinylens.studies.regions import read_prompts, study_config
 from tinylens.tasks.seqcont import SeqcontTask
 
 from ..helpers import save_tiny_gpt2
@@ -183,6 +185,10 @@ def test_regions_command_on_a_checkpoint_and_on_a_run(
         ["regions", run_name, "--prompts", str(run_prompts), "-w", workspace, "--json"], capsys
     )
     assert code == 0 and json.loads(out)["pairs"] == 3
+    # a line that is no prompt of the task is named
+    _prompt_file(tmp_path / "seqcont.txt", [*lines[:2], "Van done in", lines[3]])
+    code, _, err = _cli(["regions", run_name, "--prompts", str(run_prompts), "-w", workspace], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "seqcont.txt, line 3: 'Van done in'" in err, err
 
 
 @pytest.mark.parametrize(
@@ -198,6 +204,10 @@ def test_regions_command_on_a_checkpoint_and_on_a_run(
         (["--mode", "spline"], None, "valid choices: linear, arc, slerp"),
         ([], ["the cat sat", "the cat", "a dog ran"], "same number of tokens"),
         ([], [], "has 0 prompts"),
+        # a blank line between prompts would shift every pair after it
+        ([], ["the cat sat", "", "a dog ran", "the cat sat"], "line 2 is blank"),
+        ([], ["", "the cat sat", "a dog ran", "the cat sat"], "line 1 is blank"),
+        ([], ["the cat sat", "a dog ran", "   ", "the cat sat"], "line 3 is blank"),
     ],
 )
 def test_regions_command_refuses_bad_input_with_one_line(
@@ -240,3 +250,36 @@ def test_training_bends_the_paths_that_random_init_leaves_straight(tmp_path: Pat
     assert init["l2"].median < 1.1 and init["l2"].share_same_region > 0.9
     assert trained["l2"].median > init["l2"].median + 0.1
     assert trained["kl"].median > init["kl"].median + 0.4
+
+
+def test_blank_lines_at_the_end_of_a_prompt_file_are_no_prompts(tmp_path: Path) -> None:
+    lines = _sentences(3)
+    prompts = _prompt_file(tmp_path / "prompts.txt", [*lines, "", "  "])
+    assert read_prompts(prompts) == lines
+
+
+def test_a_prompt_file_is_read_a_bounded_line_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A huge line is refused having held one line's bound of it, a huge file at the line that
+    passes the bound of characters, a bad byte with the line it follows."""
+    long_line = tmp_path / "long.txt"
+    long_line.write_text("the cat sat\n" + "x" * 8_000_000 + "\nend\n")  # 8 MB on one line
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match="line 2 is longer than 8,192 characters"):
+            read_prompts(long_line)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # reading the whole file (or line) would hold 8 MB at least
+
+    monkeypatch.setattr(regions_study, "MAX_PROMPT_FILE_CHARS", 30)
+    many = _prompt_file(tmp_path / "many.txt", ["the cat sat"] * 10)  # 11 characters a line
+    with pytest.raises(ConfigError, match=r"more than 30 characters of prompts \(at line 3\)"):
+        read_prompts(many)
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"the cat sat\na dog ran\n\xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_prompts(bad)

@@ -15,6 +15,7 @@ Usage:
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,9 +33,14 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 _SYMBOLS = {">=": "≥", ">": ">", "<=": "≤", "<": "<", "==": "="}
 
 
+def _finite_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and math.isfinite(x)
+
+
 @dataclass(frozen=True)
 class Condition:
-    """One test of a claim: ``value <op> threshold``; NaN never passes."""
+    """One test of a claim: ``value <op> threshold``; a value that is not a finite number never
+    passes."""
 
     what: str
     """The measured quantity, in words (e.g. "exact match on cascades")."""
@@ -53,7 +59,9 @@ class Condition:
 
     @property
     def holds(self) -> bool:
-        if isinstance(self.value, float) and math.isnan(self.value):
+        """``value <op> threshold``, and never for a value that is not a finite number (NaN, an
+        infinite ratio such as 0/0 taken as ∞): what was not measured does not hold."""
+        if not (_finite_number(self.value) and _finite_number(self.threshold)):
             return False
         return bool(_OPERATORS[self.op](self.value, self.threshold))
 

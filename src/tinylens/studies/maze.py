@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -280,8 +281,9 @@ def adjacency_heads_claim(heads: dict[str, Any]) -> Claim:
     clean = heads["clean"]["valid_next_step"]
     drop_top = clean - heads["top_ablated"]["valid_next_step"]
     drop_control = clean - heads["control_ablated"]["valid_next_step"]
-    # a head that attends to nothing has v = iv = 0: the ratio must not make 0 ≥ 2·0 pass
-    ratio = v / iv if iv > 0 else (float("inf") if v > 0 else float("nan"))
+    # no attention at all on walled-off neighbours leaves the ratio unmeasured (NaN), and so
+    # does a head that attends to nothing (0 / 0): a condition never holds on either
+    ratio = v / iv if iv > 0 else math.nan
     return Claim.of(
         "Adjacency heads attend from the current cell to its valid neighbours",
         "some heads attend to the adjacency-list tokens of open neighbours",

@@ -172,19 +172,63 @@ def _checkpoint_config(preset: str, inputs: StudyInputs, small: dict[str, Any]) 
     )
 
 
+MAX_PROMPT_CHARS = 8_192
+"""Longest prompt line read (GPT-2's 1,024-token context is about 5,000 characters of text)."""
+MAX_PROMPT_FILE_CHARS = 16 * 2**20
+"""Most characters of prompts read from one file: 10,000 of the paper's 10-token windows are
+about 0.5 M; past this the file is refused while it is read, so memory stays bounded."""
+
+
 def read_prompts(path: Path) -> list[str]:
-    """The non-empty lines of a prompt file (at least 3: pairs need 2, the 2-D slice 3).
+    """The lines of a prompt file, stripped, read one line at a time (at least 3: pairs need 2,
+    the 2-D slice 3).
+
+    Consecutive lines are the pairs, so a blank line between prompts (which would shift every
+    pair after it) is refused; blank lines at the end of the file are allowed.
 
     Raises:
-        ConfigError: a missing, unreadable, non-UTF-8 or nearly empty file.
+        ConfigError: a missing, unreadable or non-UTF-8 file, a blank line before a prompt, a line
+            over :data:`MAX_PROMPT_CHARS` characters, a file over :data:`MAX_PROMPT_FILE_CHARS`,
+            or fewer than 3 prompts.
     """
+    lines: list[str] = []
+    total = 0
+    blank: int | None = None  # the first blank line not yet followed by a prompt
+    number = 0
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open(encoding="utf-8") as file:
+            while raw := file.readline(MAX_PROMPT_CHARS + 1):  # never more than one bounded line
+                number += 1
+                text = raw.rstrip("\n")
+                if len(text) > MAX_PROMPT_CHARS:
+                    raise ConfigError(
+                        f"prompt file {path}: line {number} is longer than {MAX_PROMPT_CHARS:,} "
+                        "characters; a prompt is one line of text (cut it to the model's context)"
+                    )
+                prompt = text.strip()
+                if not prompt:
+                    blank = number if blank is None else blank
+                    continue
+                if blank is not None:
+                    raise ConfigError(
+                        f"prompt file {path}: line {blank} is blank; consecutive lines are the "
+                        "pairs (A, B), so a blank line would shift every pair after it: remove it"
+                    )
+                total += len(prompt)
+                if total > MAX_PROMPT_FILE_CHARS:
+                    raise ConfigError(
+                        f"prompt file {path} holds more than {MAX_PROMPT_FILE_CHARS:,} characters "
+                        f"of prompts (at line {number}); split it, or keep the first lines"
+                    )
+                lines.append(prompt)
     except FileNotFoundError:
         raise ConfigError(f"prompt file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read prompt file {path} as UTF-8 text: {err}") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"prompt file {path} is not UTF-8 text (after line {number}): {err.reason}"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read prompt file {path}: {err}") from None
     if len(lines) < 3:
         raise ConfigError(
             f"prompt file {path} has {len(lines)} prompt{'s' if len(lines) != 1 else ''}; "
@@ -536,7 +580,9 @@ def answers_claim(size: SizeRegions, own: bool, metric: str = "l2") -> Claim:
     if same.n + same.dropped == 0 or different.n + different.dropped == 0:
         return Claim.not_measured(claim, paper, "no same-answer or no different-answer pairs")
     gap = different.crossing_rate - same.crossing_rate
-    ratio = different.crossing_rate / same.crossing_rate if same.crossing_rate > 0 else math.inf
+    # With no same-answer pair crossing, the ratio is unbounded: it is taken against one pair in
+    # n (the least rate n pairs can show), so 0% vs 0% fails and a real gap stays a finite number.
+    ratio = different.crossing_rate / max(same.crossing_rate, 1 / (same.n + same.dropped))
     return Claim.of(
         claim,
         paper,
@@ -547,7 +593,9 @@ def answers_claim(size: SizeRegions, own: bool, metric: str = "l2") -> Claim:
         [
             *_competent(size, own),
             Condition("pairs crossing, different − same answer", gap, ">=", MIN_GAP, "{:.0%}"),
-            Condition("different / same answer", ratio, ">=", MIN_RATIO, "{:.2f}"),
+            Condition(
+                "different / same answer (same: at least 1 pair)", ratio, ">=", MIN_RATIO, "{:.2f}"
+            ),
         ],
         control=same.crossing_rate,
     )
