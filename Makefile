@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TINYLENS := $(VENV)/bin/tinylens
 WORKSPACE ?= runs
 
-.PHONY: install demo test test-fast lint format bench docs clean
+.PHONY: install demo test test-fast test-kernels wheel-check lint format bench docs clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,19 @@ test: install
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+
+# The numerics-heavy tests again on another of ATen's CPU kernel paths (the scalar one by default;
+# KERNEL=avx2 picks another), so that a tolerance tuned to this processor's kernels fails here first.
+KERNEL ?= default
+NUMERICS_TESTS = tests/analysis tests/test_model.py tests/test_train_forward.py tests/test_decoder.py \
+	tests/studies/test_claims.py
+test-kernels: install
+	HF_HUB_OFFLINE=1 ATEN_CPU_CAPABILITY=$(KERNEL) $(PY) -m pytest -m "not slow" $(NUMERICS_TESTS)
+
+# The package as users install it: a wheel in a fresh venv outside the checkout, then a tiny
+# training, a tiny study and the explorer's pages from it.
+wheel-check:
+	bash .ci/wheel-check
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -9,12 +9,22 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
+import torch
 
 from tinylens.runs import train
 from tinylens.store import Run, Workspace
 from tinylens.studies import run_study
 
 from .helpers import run_cfg
+
+
+def pytest_report_header() -> str:
+    """Which of ATen's CPU kernel paths the numbers come from (``make test-kernels`` picks
+    another with ATEN_CPU_CAPABILITY), and the BLAS threads."""
+    return (
+        f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 @pytest.fixture(scope="session")
