@@ -353,3 +353,22 @@ def test_study_list_comes_from_the_registry(capsys: pytest.CaptureFixture[str]) 
     assert "Quirke & Barez" in out
     code, _, err = run_cli(capsys, "study")
     assert code == 2 and "tinylens study --list" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_of_a_run_that_lost_its_checkpoints_is_refused_until_restart(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    w = ["-w", str(tmp_path), "--no-progress"]
+    code, out, _ = run_cli(capsys, "train", "addition", "--preset", "tiny", "--steps", "20", *w)
+    name = out.strip().splitlines()[-1]
+    ws = Workspace(tmp_path)
+    rows = ws.run(name).metric_rows()
+    shutil.rmtree(ws.run(name).path / "checkpoints")
+    code, _, err = run_cli(capsys, "resume", name, *w)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "lost its training state" in err and f"tinylens resume {name} --restart" in err
+    assert ws.run(name).metric_rows() == rows
+    code, out, _ = run_cli(capsys, "resume", name, "--restart", *w)
+    assert code == 0 and out.strip() == name
+    assert sorted(ws.run(name).metric_rows()) == sorted(rows), "every metric once again"
+    assert ws.info(name).status == "done" and ws.run(name).state_file() is not None

@@ -314,3 +314,27 @@ def test_oversized_or_out_of_range_settings_are_refused(
         "--seed", str(2**64), *w,
     )  # fmt: skip
     assert code == 2 and "--seed must be an integer" in err
+
+
+def test_invert_names_a_decoder_run_and_a_decoder_with_a_broken_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = Workspace(tmp_path)
+    name = train(ws, run_cfg(steps=10), progress=False).run
+    probed = load_trained(ws, name)
+    decoder = train_decoder(ws, probed, _config(probed), progress=False).run
+    w = ["--workspace", str(tmp_path)]
+    # a decoder run where a model run belongs
+    code, _, err = run_cli(capsys, "invert", "train", decoder, "--steps", "2", "--no-progress", *w)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"run '{decoder}' is a decoder run, not a trained model run" in err
+    assert f"it decodes run '{name}': pass that" in err and "unknown run config fields" not in err
+    # a decoder whose config.json is broken: named as such, not "no decoder"
+    (ws.run(decoder).path / "config.json").write_text("{")
+    question = "12345+67890=080235"
+    for extra in ([], ["--decoder", decoder]):
+        code, _, err = run_cli(capsys, "invert", "sample", name, question, "--site", "embed", *extra, *w)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"decoder run '{decoder}' has an unreadable config.json" in err
+        assert "fix or delete it, or train a new decoder with `tinylens invert train" in err
+        assert f"invert train {name}" in err and "has no decoder" not in err

@@ -351,3 +351,25 @@ def test_one_damaged_status_file_does_not_break_the_workspace(tmp_path: Path, da
     assert sorted(infos) == ["alpha", "study-beta"]
     alpha = infos["alpha"]
     assert alpha.kind == "train" and isinstance(alpha.step, int) and isinstance(alpha.created, float)
+
+
+def test_verify_tensors_checks_a_file_as_load_tensors_does(tmp_path: Path) -> None:
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, {"w": torch.randn(64, 64), "b": torch.zeros(3)}, {"kind": "k", "step": "7"})
+    assert store.verify_tensors(path, kind="k") == load_tensors(path, kind="k")[1]
+    raw = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    cases = {
+        "damaged": bytes(raw[: header + 100]) + os.urandom(64) + bytes(raw[header + 164 :]),
+        "truncated or corrupt": bytes(raw[: header + 100]),
+    }
+    for message, content in cases.items():
+        broken = tmp_path / "broken.safetensors"
+        broken.write_bytes(content)
+        for check in (store.verify_tensors, load_tensors):
+            with pytest.raises(CheckpointError, match=message):
+                check(broken, kind="k")
+    with pytest.raises(CheckpointError, match="holds 'k', not a 'other' file"):
+        store.verify_tensors(path, kind="other")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        store.verify_tensors(tmp_path / "missing.safetensors", kind="k")

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tinylens import cli
@@ -254,13 +255,16 @@ def test_a_diverged_trial_is_not_rerun(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_a_trial_whose_run_config_was_edited_fails_clearly(tmp_path: Path) -> None:
-    spec = four_trials(grid={"seed": [0]})
+    spec = four_trials(grid={"seed": [0, 1]})
     trial = expand(spec)[0]
     edited = {**trial.config.to_dict(), "seed": 5}
-    # a folder under the trial's name holding another (valid) config
+    # a folder under the trial's name holding another (valid) config: that trial fails, alone
     Workspace(tmp_path).create_run(trial.run, edited, kind="train")
-    with pytest.raises(ConfigError, match="already exists with a different config"):
-        run_sweep(Workspace(tmp_path), spec, progress=False)
+    result = run_sweep(Workspace(tmp_path), spec, progress=False)
+    assert [t.status for t in result.trials] == ["failed", "done"]
+    error = result.trials[0].error
+    assert error is not None and error.startswith("ConfigError:")
+    assert "holds another config than the sweep's trial" in error
 
 
 def test_an_interrupted_trial_stops_the_sweep_and_resumes(
@@ -454,3 +458,65 @@ def test_a_sweep_family_must_suit_the_study(tmp_path: Path, capsys: pytest.Captu
             ["study", "regions", "--sweep", str(spec), "--model", str(tmp_path), "-w", str(tmp_path)]
         )
     assert capsys.readouterr().err.startswith("error: give --sweep (a family of our models) or --model")
+
+
+# -- damaged and broken trials (findings, second round, 3) --
+
+
+def _add_noise(path: Path, n: int = 4096) -> None:
+    """Overwrite up to ``n`` bytes in the middle of a file with random bytes."""
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    size = min(n, len(raw) - middle)
+    raw[middle : middle + size] = np.random.default_rng(0).bytes(size)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_finished_trial_is_recorded_failed_and_the_rest_kept(
+    tmp_path: Path, count_steps: list[int]
+) -> None:
+    spec = four_trials(grid={"seed": [0, 1]})
+    first = run_sweep(Workspace(tmp_path), spec, progress=False)
+    damaged = first.trials[0].run
+    for path in (tmp_path / damaged / "checkpoints").glob("*.safetensors"):
+        _add_noise(path)
+    trained = len(count_steps)
+    again = run_sweep(Workspace(tmp_path), spec, progress=False)
+    assert [t.status for t in again.trials] == ["failed", "done"]
+    assert list(again.outcomes) == [damaged] and len(count_steps) == trained
+    error = again.trials[0].error
+    assert error is not None and error.startswith("CheckpointError:") and "damaged" in error
+    assert f"tinylens resume {damaged} --restart" in error
+    assert read_trials(again.run)[0].status == "failed"
+    assert Workspace(tmp_path).info(again.run.name).status == "failed"
+    # the same sweep again says so again; a restarted run is then reused
+    assert run_sweep(Workspace(tmp_path), spec, progress=False).trials[0].status == "failed"
+    cli.main(["resume", damaged, "-w", str(tmp_path), "--restart", "--no-progress"])
+    assert len(count_steps) == trained + TRAIN["steps"]
+    fixed = run_sweep(Workspace(tmp_path), spec, progress=False)
+    assert [t.status for t in fixed.trials] == ["done", "done"]
+    assert fixed.outcomes[damaged].trained_steps == 0  # only its fresh scores, deleted too
+    assert comparable(fixed) == comparable(first)
+
+
+def test_cli_a_broken_trial_config_fails_that_trial_and_the_others_finish(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec_path = _spec_file(tmp_path, grid={"seed": [0, 1, 2]})
+    broken = expand(read_spec(spec_path))[1]
+    run = Workspace(tmp_path / "ws").create_run(broken.run, broken.config.to_dict(), kind="train")
+    (run.path / "config.json").write_text("{")
+    args = ["sweep", str(spec_path), "-w", str(tmp_path / "ws"), "--no-progress"]
+    with pytest.raises(SystemExit) as caught:
+        cli.main([*args, "--report"])
+    assert caught.value.code == cli.EXIT_USAGE
+    printed = capsys.readouterr()
+    assert printed.out.count("done") == 2 and printed.out.count("failed") == 1
+    assert "report.html" in printed.out
+    last = printed.err.strip().splitlines()[-1]
+    assert last.startswith(f"error: 1 of 3 trials did not finish (run {broken.run}: ConfigError")
+    assert "config.json is not valid JSON" in last
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == ["done", "failed", "done"]

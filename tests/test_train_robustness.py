@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -243,3 +244,80 @@ def test_resuming_removes_debris_of_a_killed_writer(finished: tuple[Workspace, s
     debris.write_bytes(b"half a checkpoint")
     resume(ws, name, progress=False)
     assert not debris.exists()
+
+
+# -- lost checkpoints: refused, never rebuilt in part (findings, second round, 2) --
+
+
+def test_a_run_whose_checkpoints_were_deleted_is_refused_not_rebuilt(
+    finished: tuple[Workspace, str],
+) -> None:
+    ws, name = finished
+    run = ws.run(name)
+    rows = run.metric_rows()
+    shutil.rmtree(run.path / "checkpoints")
+    cfg = run_cfg(steps=20)
+    for action in (lambda: resume(ws, name, progress=False), lambda: train(ws, cfg, progress=False)):
+        with pytest.raises(CheckpointError) as caught:
+            action()
+        message = str(caught.value)
+        assert "lost its training state" in message and "latest.safetensors is missing" in message
+        assert f"tinylens resume {name} --restart" in message and "\n" not in message
+    assert run.metric_rows() == rows, "nothing was logged again"
+    assert run.checkpoint_steps() == [] and run.state().status == "done"
+
+
+def test_resuming_a_run_that_lost_step_checkpoints_is_refused(
+    finished: tuple[Workspace, str],
+) -> None:
+    ws, name = finished
+    run = ws.run(name)
+    run.checkpoint_file(5).unlink()
+    with pytest.raises(CheckpointError, match=r"lacks the checkpoints of steps 5, which were"):
+        resume(ws, name, progress=False)
+    with pytest.raises(CheckpointError, match=r"--restart"):
+        train(ws, run_cfg(steps=20), progress=False)
+
+
+def test_restart_trains_a_run_that_lost_its_checkpoints_again_from_scratch(tmp_path: Path) -> None:
+    cfg = run_cfg(steps=20)
+    ws = Workspace(tmp_path / "a")
+    name = train(ws, cfg, progress=False).run
+    shutil.rmtree(ws.run(name).path / "checkpoints")
+    (ws.run(name).path / "results" / "stale.json").write_text("{}")
+    restarted = resume(ws, name, progress=False, restart=True)
+    assert (restarted.status, restarted.step, restarted.trained_steps) == ("done", 20, 20)
+    assert not ws.run(name).has_result("stale"), "results of the old training are gone"
+
+    straight = train(Workspace(tmp_path / "b"), cfg, progress=False).run
+    run_a, run_b = ws.run(name), Workspace(tmp_path / "b").run(straight)
+    assert run_a.metric_rows() == run_b.metric_rows(), "each metric once, as in a straight run"
+    assert all_metrics(tmp_path / "a", name) == all_metrics(tmp_path / "b", straight)
+    assert run_a.checkpoint_steps() == run_b.checkpoint_steps()
+    assert_same_weights(weights(tmp_path / "a", name), weights(tmp_path / "b", straight))
+
+
+class _Killed(BaseException):
+    """Stands in for kill -9 in the middle of writing a file."""
+
+
+def test_a_run_killed_before_its_first_state_starts_over_and_logs_each_metric_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = run_cfg(steps=40)  # first save at step 20
+
+    def killed(self: store.Run, tensors: object, meta: object) -> None:
+        raise _Killed  # after the metrics of steps 0–20 were flushed, before the state is written
+
+    monkeypatch.setattr(store.Run, "save_state", killed)
+    ws = Workspace(tmp_path / "a")
+    with pytest.raises(_Killed):
+        train(ws, cfg, progress=False)
+    name = cfg.default_name()
+    assert ws.run(name).state_file() is None and ws.run(name).metric_rows()
+    monkeypatch.undo()
+    assert resume(ws, name, progress=False).step == 40  # nothing past the first save was lost
+
+    straight = train(Workspace(tmp_path / "b"), cfg, progress=False).run
+    assert ws.run(name).metric_rows() == Workspace(tmp_path / "b").run(straight).metric_rows()
+    assert_same_weights(weights(tmp_path / "a", name), weights(tmp_path / "b", straight))

@@ -90,9 +90,16 @@ def resume(
     run: Annotated[str, typer.Argument(help="Name of the run to continue.")],
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Delete the run's checkpoints, metrics and results, and train it from step 0.",
+        ),
+    ] = False,
 ) -> None:
-    """Continue an interrupted or killed run from its last saved state."""
-    result = runs_api.resume(Workspace(workspace), run, progress=progress)
+    """Continue an interrupted or killed run from its last saved state (or start it over)."""
+    result = runs_api.resume(Workspace(workspace), run, progress=progress, restart=restart)
     _report_training(result)
     out.print(result.run, highlight=False)
 

@@ -58,6 +58,8 @@ DECODER_KIND = "tinylens.decoder"
 STATE_KIND = "tinylens.decoder_state"
 RUN_KIND = "decoder"
 """The run index's ``kind`` for decoder runs."""
+TRAIN_HINT = "`tinylens invert train RUN`"
+"""How to train a decoder, in messages that do not know the probed run."""
 
 
 @dataclass(frozen=True)
@@ -560,7 +562,7 @@ def train_decoder(
         raise ConfigError("decoder run name must not be empty; leave --name out for the default")
     if workspace.has_run(name):
         run = workspace.run(name)
-        stored = DecoderRunConfig.from_dict(run.config)
+        stored = read_decoder_config(run)
         if stored != cfg:
             raise ConfigError(f"run {name!r} already exists with another config; pick another --name")
     else:
@@ -569,18 +571,60 @@ def train_decoder(
 
 
 def decoder_runs_for(workspace: Workspace, probed_run: str) -> list[str]:
-    """Names of the decoder runs trained for ``probed_run``, oldest first."""
-    names = []
+    """Names of the decoder runs trained for ``probed_run``, oldest first (a decoder run whose
+    ``config.json`` cannot be read is left out: which run it decodes cannot be told)."""
+    return [
+        name
+        for name, cfg in _decoder_configs(workspace)
+        if isinstance(cfg, DecoderRunConfig) and cfg.probed_run == probed_run
+    ]
+
+
+def _decoder_configs(
+    workspace: Workspace, train: str = TRAIN_HINT
+) -> list[tuple[str, DecoderRunConfig | ConfigError]]:
+    """Every decoder run in the workspace, oldest first, with its config or why it is unreadable
+    (``train``: as for :func:`read_decoder_config`)."""
+    found: list[tuple[str, DecoderRunConfig | ConfigError]] = []
     for info in sorted(workspace.runs(), key=lambda i: i.created):
-        if info.kind != RUN_KIND:
-            continue
-        try:
-            cfg = DecoderRunConfig.from_dict(workspace.run(info.name).config)
-        except TinylensError:
-            continue
-        if cfg.probed_run == probed_run:
-            names.append(info.name)
-    return names
+        if info.kind == RUN_KIND:
+            try:
+                found.append((info.name, read_decoder_config(workspace.run(info.name), train)))
+            except ConfigError as err:
+                found.append((info.name, err))
+    return found
+
+
+def read_decoder_config(run: Run, train: str = TRAIN_HINT) -> DecoderRunConfig:
+    """The decoder run's config.
+
+    Args:
+        run: the decoder run.
+        train: the command that trains a new decoder, for the message of an unreadable config.
+
+    Raises:
+        ConfigError: ``run`` is not a decoder run, or it is one whose ``config.json`` is unreadable
+            (the message says which, and how to fix it).
+    """
+    decoder = run.kind == RUN_KIND
+    try:
+        data = run.config
+    except ConfigError as err:  # not JSON, or not an object: the message names the file
+        if not decoder:
+            raise ConfigError(f"run {run.name!r} is not a decoder run: {err}") from None
+        raise ConfigError(
+            f"decoder run {run.name!r} has an unreadable config.json: {err}, or train a new "
+            f"decoder with {train}"
+        ) from None
+    try:
+        return DecoderRunConfig.from_dict(data)
+    except ConfigError as err:
+        if not decoder:
+            raise ConfigError(f"run {run.name!r} is not a decoder run: {err}") from None
+        raise ConfigError(
+            f"decoder run {run.name!r} has an unreadable config.json ({err}); restore it, or "
+            f"delete the run folder {run.path} and train a new decoder with {train}"
+        ) from None
 
 
 def load_decoder(
@@ -589,17 +633,15 @@ def load_decoder(
     """The decoder run ``name`` (default: the newest one for ``probed``'s run) at ``step``.
 
     Raises:
-        ConfigError: no decoder for the run, or ``name`` is not a decoder run.
+        ConfigError: no decoder for the run, ``name`` is not a decoder run, or its config.json
+            is unreadable.
         CheckpointError: the decoder does not fit the probed model (another run, a retrained or
             reshaped model), or its checkpoint is missing or damaged.
     """
     if name is None:
         name = _newest_usable(workspace, probed)
     run = workspace.run(name)
-    try:
-        cfg = DecoderRunConfig.from_dict(run.config)
-    except ConfigError as err:
-        raise ConfigError(f"run {name!r} is not a decoder run: {err}") from None
+    cfg = read_decoder_config(run, f"`tinylens invert train {probed.run.name}`")
     check_fits(cfg, probed, what=f"decoder {name!r}")
     path = run.checkpoint_file(step)
     if read_metadata(path).get("run_config_hash") != run.config_hash:
@@ -617,23 +659,39 @@ def load_decoder(
 
 
 def _newest_usable(workspace: Workspace, probed: TrainedModel) -> str:
-    """The newest decoder run for ``probed`` that fits it and has a checkpoint."""
-    found = decoder_runs_for(workspace, probed.run.name)
-    for name in reversed(found):
-        run = workspace.run(name)
+    """The newest decoder run for ``probed`` that fits it and has a checkpoint.
+
+    Raises:
+        ConfigError: there is none; if a decoder run's config.json is unreadable (it may be the
+            one wanted), the message names it and says how to fix it.
+    """
+    train = f"`tinylens invert train {probed.run.name} --checkpoint {probed.step}`"
+    configs = _decoder_configs(workspace, train)
+    found = [
+        (name, cfg)
+        for name, cfg in configs
+        if isinstance(cfg, DecoderRunConfig) and cfg.probed_run == probed.run.name
+    ]
+    for name, cfg in reversed(found):
         try:
-            check_fits(DecoderRunConfig.from_dict(run.config), probed, what=name)
+            check_fits(cfg, probed, what=name)
         except TinylensError:
             continue
-        if run.checkpoint_steps():
+        if workspace.run(name).checkpoint_steps():
             return name
-    train = f"`tinylens invert train {probed.run.name} --checkpoint {probed.step}`"
+    # a decoder run whose config.json is unreadable may be the one wanted: say so
+    unreadable = [str(err) for _, err in configs if isinstance(err, ConfigError)]
+    note = unreadable[-1] if unreadable else ""
+    if len(unreadable) > 1:
+        note += f" ({len(unreadable) - 1} more decoder runs are unreadable too)"
+    if not found and note:
+        raise ConfigError(f"run {probed.run.name!r} has no usable decoder: {note}")
     if not found:
         raise ConfigError(f"run {probed.run.name!r} has no decoder; train one with {train}")
     raise ConfigError(
         f"none of the {len(found)} decoders of run {probed.run.name!r} fits its checkpoint at step "
         f"{probed.step} with a saved checkpoint of its own; train one with {train}, or name one "
-        "with --decoder"
+        "with --decoder" + (f"; also, {note}" if note else "")
     )
 
 
@@ -701,5 +759,6 @@ __all__ = [
     "decoder_runs_for",
     "evaluate_decoder",
     "load_decoder",
+    "read_decoder_config",
     "train_decoder",
 ]

@@ -11,15 +11,16 @@ config the checkpoints were trained with. Any mismatch is a :class:`ConfigError`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from transformer_lens.model_bridge import TransformerBridge
 
 from tinylens.config import RunConfig
-from tinylens.errors import ConfigError, TinylensError
-from tinylens.model import load_model
-from tinylens.store import Run, Workspace, read_metadata
+from tinylens.errors import CheckpointError, ConfigError, TinylensError
+from tinylens.model import MODEL_KIND, load_model
+from tinylens.store import Run, Workspace, read_metadata, verify_tensors
 from tinylens.tasks import Task, make_task
-from tinylens.train import Trainer, TrainResult
+from tinylens.train import STATE_KIND, Trainer, TrainResult, missing_checkpoints, start_over_hint
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,43 @@ def train(
     return Trainer(run, cfg, progress=progress).fit()
 
 
-def resume(workspace: Workspace, name: str, *, progress: bool = True) -> TrainResult:
-    """Continue the run ``name`` from its last saved state, with its own stored config."""
+def resume(
+    workspace: Workspace, name: str, *, progress: bool = True, restart: bool = False
+) -> TrainResult:
+    """Continue the run ``name`` from its last saved state, with its own stored config.
+
+    ``restart``: delete what the run saved (checkpoints, metrics, results) and train it from step
+    0 instead, e.g. when its checkpoints were lost and resuming is refused.
+    """
     run = workspace.run(name)
     cfg = stored_config(run)
     check_task_fits_model(run, cfg)
-    return Trainer(run, cfg, progress=progress).fit()
+    return Trainer(run, cfg, progress=progress).fit(restart=restart)
+
+
+def check_finished(run: Run, cfg: RunConfig) -> None:
+    """Check, without building the model, that a run that finished training still holds it:
+    every checkpoint training wrote is there, and its training state and final checkpoint are
+    whole (they match their checksums) and belong to ``cfg``.
+
+    Raises:
+        CheckpointError: a file is missing, damaged or written for another config; the message
+            says how to get the run back.
+    """
+    steps = cfg.train.steps
+    try:
+        state = verify_tensors(run.state_path(), kind=STATE_KIND)
+        if state.get("config_identity") != cfg.identity or state.get("step") != str(steps):
+            raise CheckpointError(
+                f"{run.state_path()} is not the final training state of run {run.name!r} (it "
+                f"holds step {state.get('step')} of {steps}, or another config)"
+            )
+        missing = missing_checkpoints(run, cfg.train, steps)
+        if missing:
+            raise CheckpointError(f"run {run.name!r} lacks the checkpoints of steps {missing}")
+        verify_tensors(run.checkpoint_file(steps), kind=MODEL_KIND)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; {start_over_hint(run.name)}") from None
 
 
 def load_trained(workspace: Workspace, name: str, step: int | None = None) -> TrainedModel:
@@ -112,9 +144,26 @@ def stored_config(run: Run) -> RunConfig:
         return RunConfig.from_dict(data)
     except (TinylensError, TypeError, AttributeError, KeyError, ValueError) as err:
         # TypeError/AttributeError: a field of the wrong type that from_dict did not check itself
+        _check_model_run(run, data)
         raise ConfigError(
             f"run {run.name!r} has an unreadable config.json ({err}); restore it, or train a new run"
         ) from None
+
+
+def _check_model_run(run: Run, config: dict[str, Any]) -> None:
+    """A ConfigError saying so if ``run`` is not a trained model run (a decoder, sweep or study
+    run), whose config no model config can be read from."""
+    kind = run.kind
+    if kind == "train":  # as status.json says; a config of another kind still tells
+        kind = config.get("kind")
+    if not isinstance(kind, str) or kind == "train":
+        return
+    probed = config.get("probed_run")
+    hint = f"; it decodes run {probed!r}: pass that" if isinstance(probed, str) else ""
+    raise ConfigError(
+        f"run {run.name!r} is a {kind} run, not a trained model run; pass the name of a model run "
+        f"instead (`tinylens runs` shows each run's kind){hint}"
+    )
 
 
 def check_task_fits_model(run: Run, cfg: RunConfig) -> Task:

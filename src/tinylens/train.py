@@ -14,7 +14,9 @@ Bookkeeping, all through the workspace (:mod:`tinylens.store`):
   steps, at the end and on Ctrl-C. A run killed at any moment resumes from that state and ends with
   weights bit-identical to an uninterrupted run: nothing random happens outside the saved state.
   Ctrl-C saves only that state, so an interrupted and resumed run has exactly the checkpoints of an
-  uninterrupted one.
+  uninterrupted one. A run that lost files resuming cannot write again (its state, or checkpoints
+  before it) is refused with a :class:`CheckpointError`, never rebuilt in part;
+  ``fit(restart=True)`` starts it over from step 0.
 
 One trainer works on a run at a time: a second one (another ``tinylens train`` of the same config)
 waits for the first, then finds the run finished. A loss or weight that becomes NaN or infinite stops
@@ -112,6 +114,44 @@ def checkpoint_steps(cfg: TrainConfig) -> set[int]:
     return {0, cfg.steps} | {int(s) for s in spaced if cfg.n_checkpoints}
 
 
+def missing_checkpoints(run: Run, cfg: TrainConfig, step: int) -> list[int]:
+    """The checkpoint steps up to ``step`` that training writes (:func:`checkpoint_steps`) and
+    ``run`` lacks: a saved state at ``step`` means every one of them was written."""
+    saved = set(run.checkpoint_steps())
+    return sorted(s for s in checkpoint_steps(cfg) if s <= step and s not in saved)
+
+
+def lost_progress(run: Run, cfg: TrainConfig) -> str | None:
+    """What shows that ``run`` once saved a training state past step 0, or None.
+
+    Asked when the state file is missing. A trainer killed before its first save leaves
+    checkpoints, and perhaps metrics, up to that save only, which a start from step 0 writes again
+    identically; a step recorded in ``status.json``, a training summary, or a checkpoint or metric
+    past the first save can only come after a saved state (which is gone, then).
+    """
+    first_save = min(cfg.save_every, cfg.steps)
+    recorded = run.state().step
+    if recorded > 0:
+        return f"its status.json records step {recorded}"
+    if run.has_result("train_summary"):
+        return "it finished training (results/train_summary.json)"
+    late = [s for s in run.checkpoint_steps() if s > first_save]
+    if late:
+        return f"it has checkpoints up to step {max(late)}"
+    logged = max((step for step, _, _ in run.metric_rows()), default=0)
+    if logged > first_save:
+        return f"its metrics.jsonl runs to step {logged}"
+    return None
+
+
+def start_over_hint(name: str) -> str:
+    """How to get a whole run back when resuming cannot (the end of a :class:`CheckpointError`)."""
+    return (
+        f"start it over with `tinylens resume {name} --restart` (deletes its checkpoints, metrics "
+        "and results), or train the config again under another --name"
+    )
+
+
 @runtime_checkable
 class Stoppable(Protocol):
     """A training loop that checks ``_stop_requested`` between steps."""
@@ -179,16 +219,25 @@ class Trainer:
 
     # -- public --
 
-    def fit(self) -> TrainResult:
+    def fit(self, *, restart: bool = False) -> TrainResult:
         """Train to ``cfg.train.steps`` (resuming the run's saved state), holding the run's lock.
 
+        Args:
+            restart: first delete everything the run saved (checkpoints, metrics, results) and
+                train it from step 0.
+
         Raises:
+            CheckpointError: the saved state is damaged, or the run lost files that resuming
+                cannot write again (its state, or checkpoints before it; see
+                :func:`lost_progress`): the run is left as it was, never rebuilt in part.
             DivergenceError: the loss or the weights became non-finite; the run is marked
                 ``failed`` and keeps its last saved (finite) state.
         """
         with self.run.lock(on_wait=self._say_waiting):
             self.run.workspace.remove_stale_files()
             self.run.remove_stale_files()
+            if restart:
+                self.run.discard_training()
             return self._fit()
 
     def _say_waiting(self) -> None:
@@ -373,6 +422,7 @@ class Trainer:
     def _restore(self) -> None:
         path = self.run.state_file()
         if path is None:
+            self._start_from_scratch()
             return
         tensors, meta = load_tensors(path, kind=STATE_KIND)
         if meta.get("config_identity") != self.cfg.identity:
@@ -397,8 +447,29 @@ class Trainer:
             self._log_count = int(meta["log_count"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{path} does not hold a usable training state: {err}") from None
+        missing = missing_checkpoints(self.run, self.cfg.train, self.step)
+        if missing:
+            shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
+            raise CheckpointError(
+                f"run {self.run.name!r} lacks the checkpoints of steps {shown}, which were written "
+                f"before its saved state at step {self.step} (deleted?); resuming cannot write "
+                f"them again: {start_over_hint(self.run.name)}"
+            )
         # metrics logged after the saved state will be recomputed, identically
         self.run.workspace.delete_metrics_after(self.run.name, self.step)
+
+    def _start_from_scratch(self) -> None:
+        """No saved state: train from step 0, unless the run got further (then it was lost)."""
+        lost = lost_progress(self.run, self.cfg.train)
+        if lost is not None:
+            raise CheckpointError(
+                f"run {self.run.name!r} has lost its training state: {self.run.state_path()} is "
+                f"missing, but {lost}; resuming would rebuild a partial run: "
+                f"{start_over_hint(self.run.name)}"
+            )
+        # A trainer killed while writing its first state may have logged those metrics: drop them
+        # (steps start at 0), or they would be logged twice. Its checkpoints are rewritten alike.
+        self.run.workspace.delete_metrics_after(self.run.name, -1)
 
     # -- plumbing --
 

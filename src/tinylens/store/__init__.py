@@ -42,6 +42,7 @@ from tinylens.store.checkpoints import (
     load_tensors,
     read_metadata,
     save_tensors,
+    verify_tensors,
 )
 from tinylens.store.files import (
     STALE_AFTER_S,
@@ -71,6 +72,7 @@ __all__ = [
     # checkpoints
     "save_tensors",
     "load_tensors",
+    "verify_tensors",
     "read_metadata",
     "checkpoint_digest",
     "FORMAT_VERSION",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from tinylens.store.files import atomic_path
 FORMAT_VERSION = "1"
 CHECKSUM_KEY = "sha256"
 """Metadata key of a checkpoint's checksum (see :func:`checkpoint_digest`)."""
+_READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
+"""What safetensors raises on a truncated or garbled file."""
 
 
 def checkpoint_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -27,11 +30,17 @@ def checkpoint_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     The metadata is covered too: a damaged ``step`` or optimizer setting in a resume state would
     otherwise resume silently from the wrong place.
     """
+    return _digest(metadata, ((name, tensors[name]) for name in sorted(tensors)))
+
+
+def _digest(metadata: dict[str, str], tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """:func:`checkpoint_digest` of ``(name, tensor)`` pairs given in sorted name order, taken one
+    at a time (so a caller can stream them from a file)."""
     digest = hashlib.sha256()
     meta = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
     digest.update(json.dumps(meta, sort_keys=True).encode() + b"\0")
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
+    for name, tensor in tensors:
+        t = tensor.detach().contiguous().cpu()
         digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
@@ -60,17 +69,68 @@ def load_tensors(path: Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dic
         CheckpointError: the file is missing, truncated, corrupt, damaged (its tensors no longer
             match their checksum) or of another kind.
     """
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _require_file(path)
     try:
         with _safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({err}); delete it and retrain, "
-            "or resume from an earlier checkpoint"
-        ) from None
+    except _READ_ERRORS as err:
+        raise _corrupt(path, err) from None
+    _check_header(path, metadata, kind)
+    # Files written before checksums existed have none; they load as before (the model loader
+    # still refuses non-finite weights).
+    if CHECKSUM_KEY in metadata and checkpoint_digest(tensors, metadata) != metadata[CHECKSUM_KEY]:
+        raise _damaged(path)
+    return tensors, metadata
+
+
+def verify_tensors(path: Path, *, kind: str) -> dict[str, str]:
+    """Check a file as :func:`load_tensors` does (present, readable, of ``kind``, matching its
+    checksum) while holding one tensor at a time; return its metadata.
+
+    For a caller that only needs to know that a checkpoint is whole (e.g. a sweep reusing a
+    finished trial), not its tensors.
+
+    Raises:
+        CheckpointError: as :func:`load_tensors`.
+    """
+    _require_file(path)
+    try:
+        with _safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            names = sorted(f.keys())
+            digest = None  # files written before checksums existed have none
+            if CHECKSUM_KEY in metadata:
+                digest = _digest(metadata, ((name, f.get_tensor(name)) for name in names))
+    except _READ_ERRORS as err:
+        raise _corrupt(path, err) from None
+    _check_header(path, metadata, kind)
+    if digest is not None and digest != metadata[CHECKSUM_KEY]:
+        raise _damaged(path)
+    return metadata
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+
+
+def _corrupt(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is truncated or corrupt ({err}); delete it and retrain, "
+        "or resume from an earlier checkpoint"
+    )
+
+
+def _damaged(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is damaged: its tensors or metadata do not match the checksum "
+        "written with them; delete it and use another checkpoint of the run, or retrain"
+    )
+
+
+def _check_header(path: Path, metadata: dict[str, str], kind: str) -> None:
+    """A CheckpointError unless the metadata says ``kind`` and this format version."""
     if metadata.get("kind") != kind:
         raise CheckpointError(
             f"{path} holds {metadata.get('kind')!r}, not a {kind!r} file; pass a tinylens "
@@ -81,14 +141,6 @@ def load_tensors(path: Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dic
             f"{path} has format version {metadata.get('format_version')!r}; this tinylens reads "
             f"version {FORMAT_VERSION}"
         )
-    # Files written before checksums existed have none; they load as before (the model loader
-    # still refuses non-finite weights).
-    if CHECKSUM_KEY in metadata and checkpoint_digest(tensors, metadata) != metadata[CHECKSUM_KEY]:
-        raise CheckpointError(
-            f"checkpoint {path} is damaged: its tensors or metadata do not match the checksum "
-            "written with them; delete it and use another checkpoint of the run, or retrain"
-        )
-    return tensors, metadata
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -96,5 +148,5 @@ def read_metadata(path: Path) -> dict[str, str]:
     try:
         with _safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+    except _READ_ERRORS as err:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({err})") from None

@@ -44,6 +44,7 @@ from tinylens.store.index import (
     _RUN_COLUMNS,
     RunInfo,
     RunState,
+    _guess_kind,
     _insert_metrics,
     _status_record,
     _well_typed,
@@ -422,6 +423,13 @@ class Run:
         """:func:`config_hash` of ``config.json`` as stored (checkpoints record it)."""
         return config_hash(self.config)
 
+    @property
+    def kind(self) -> str:
+        """What made the run (``train``, ``decoder``, ``sweep``, ``study``), as its ``status.json``
+        records it; guessed from the name as the index does when that file is missing or damaged."""
+        kind = _well_typed(_status_record(self.path)).get("kind")
+        return kind if isinstance(kind, str) and kind else _guess_kind(self.name)
+
     # -- checkpoints --
 
     def checkpoint_steps(self) -> list[int]:
@@ -451,11 +459,32 @@ class Run:
 
     def save_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         """The full training state, overwritten at each save, to resume from."""
-        save_tensors(self.path / "checkpoints" / "latest.safetensors", tensors, meta)
+        save_tensors(self._state_path(), tensors, meta)
 
     def state_file(self) -> Path | None:
-        path = self.path / "checkpoints" / "latest.safetensors"
+        path = self._state_path()
         return path if path.is_file() else None
+
+    def state_path(self) -> Path:
+        """Where the training state lives, whether it exists or not (for messages)."""
+        return self._state_path()
+
+    def discard_training(self) -> None:
+        """Delete everything training wrote (checkpoints, metrics, results, figures, report), keep
+        ``config.json``, and record the run as ``running`` at step 0: a start from scratch.
+
+        The caller holds the run's lock (:meth:`lock`). The training state goes first and the
+        status last, so a process killed part-way leaves a run that resuming refuses (it lacks its
+        state but shows progress) and that this call finishes clearing when run again.
+        """
+        self.workspace._require_writable()
+        self._state_path().unlink(missing_ok=True)
+        self.remove_result("train_summary")  # no longer "trained" for a sweep, from here on
+        for folder in ("checkpoints", "results", "figures"):
+            shutil.rmtree(self.path / folder, ignore_errors=True)
+        self.report_path.unlink(missing_ok=True)
+        self.workspace.delete_metrics_after(self.name, -1)  # steps start at 0: every row
+        self.set_status("running", 0)
 
     # -- results and figures --
 
@@ -564,3 +593,6 @@ class Run:
 
     def _step_path(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step-{step}.safetensors"
+
+    def _state_path(self) -> Path:
+        return self.path / "checkpoints" / "latest.safetensors"

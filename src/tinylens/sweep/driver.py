@@ -18,12 +18,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tinylens import runs
 from tinylens.errors import ConfigError, Interrupted, TinylensError
 from tinylens.store import Run, Workspace
 from tinylens.sweep.backends import BACKENDS, require_ray, run_local, run_ray
 from tinylens.sweep.spec import SweepSpec, Trial, expand, steps_to_name
-from tinylens.sweep.trial import FAILURE_RESULT, TrialJob, TrialOutcome, diverged, is_complete
+from tinylens.sweep.trial import (
+    FAILURE_RESULT,
+    TrialJob,
+    TrialOutcome,
+    diverged,
+    is_complete,
+    is_reusable,
+)
 
 TRIALS_RESULT = "trials"
 """The sweep run's ``results/trials.json``: one row per trial."""
@@ -83,7 +89,11 @@ def run_sweep(
     """Run every trial of ``spec`` that is not complete yet, and record all of them.
 
     A trial is complete when its run finished training and holds the measurements the spec asks
-    for; a finished sweep run again trains and measures nothing (and never starts Ray).
+    for; a finished sweep run again trains and measures nothing (and never starts Ray). A complete
+    trial is reused only while its ``config.json`` is the trial's and its training state and final
+    checkpoint match their checksums (:func:`~tinylens.runs.check_finished`, without building the
+    model); otherwise it is recorded ``failed`` with the reason, and the other trials go on, as
+    they do when any trial raises.
 
     Args:
         workspace: where the runs and the sweep's record live (on a cluster: a folder every node
@@ -104,8 +114,8 @@ def run_sweep(
         require_ray()
     trials = expand(spec)  # every trial checked before anything is written
     record = _sweep_run(workspace, spec)
-    trial_runs = {t.run: runs.open_or_create(workspace, t.config) for t in trials}
-    todo = [t for t in trials if _needs_work(trial_runs[t.run], spec)]
+    trial_runs = {t.run: _trial_run(workspace, t) for t in trials}
+    todo = [t for t in trials if _needs_work(trial_runs[t.run], t, spec)]
     root = str(workspace.root.resolve())  # a worker elsewhere may start in another folder
     jobs = [
         TrialJob(
@@ -159,10 +169,20 @@ def run_sweep(
     return SweepResult(record, results, outcomes)
 
 
-def _needs_work(run: Run, spec: SweepSpec) -> bool:
-    """Not complete, and not a trial that diverged: resuming one replays the same steps to the same
+def _trial_run(workspace: Workspace, trial: Trial) -> Run:
+    """The trial's run: made if new, else the folder as it is, even if its ``config.json`` was
+    damaged or edited since: :func:`run_trial` then records the trial ``failed`` saying so, and
+    the other trials go on."""
+    if workspace.has_run(trial.run):
+        return workspace.run(trial.run)
+    return workspace.create_run(trial.run, trial.config.to_dict(), kind="train")
+
+
+def _needs_work(run: Run, trial: Trial, spec: SweepSpec) -> bool:
+    """Not complete with whole files (a damaged trial goes to :func:`run_trial`, which records
+    it ``failed``), and not a trial that diverged: resuming one replays the same steps to the same
     NaN, so it stays ``failed`` until its config changes (a new trial)."""
-    return not is_complete(run, spec.fresh) and not diverged(run)
+    return not is_reusable(run, trial.config, spec.fresh) and not diverged(run)
 
 
 def _index(workspace: Workspace, name: str) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from tinylens import runs
 from tinylens.config import RunConfig
-from tinylens.errors import ConfigError
+from tinylens.errors import ConfigError, TinylensError
 from tinylens.evaluation import evaluate_fresh
 from tinylens.store import Run, Workspace
 from tinylens.sweep.spec import FreshEvalSpec
@@ -82,12 +82,10 @@ def run_trial(job: TrialJob) -> TrialOutcome:
             workspace = Workspace(job.root, index=False)
             run = workspace.run(job.run)
             cfg = RunConfig.from_dict(job.config)
-            if runs.stored_config(run).identity != cfg.identity:
-                raise ConfigError(
-                    f"run {job.run!r} holds another config than the sweep's trial; was its "
-                    "config.json edited? Restore it, or remove the run folder"
-                )
-            if not is_trained(run):
+            check_same_config(run, cfg)
+            if is_trained(run):
+                runs.check_finished(run, cfg)
+            else:
                 result = Trainer(run, cfg, progress=False).fit()
                 trained, status = result.trained_steps, result.status
             if status == "done" and job.fresh is not None and not run.has_result(job.fresh.result_name):
@@ -100,6 +98,30 @@ def run_trial(job: TrialJob) -> TrialOutcome:
             with contextlib.suppress(Exception):  # the original error is what matters
                 run.write_result(FAILURE_RESULT, {"error": error})
     return TrialOutcome(job.run, status, error, os.getpid(), trained, time.perf_counter() - started)
+
+
+def check_same_config(run: Run, cfg: RunConfig) -> None:
+    """A ConfigError unless the run's ``config.json`` is readable and is the trial's config."""
+    if runs.stored_config(run).identity != cfg.identity:
+        raise ConfigError(
+            f"run {run.name!r} holds another config than the sweep's trial; was its config.json "
+            "edited? Restore it, or remove the run folder"
+        )
+
+
+def is_reusable(run: Run, cfg: RunConfig, fresh: FreshEvalSpec | None) -> bool:
+    """Whether the trial needs no more work and its run still holds it: complete
+    (:func:`is_complete`), with the trial's config and whole checkpoints
+    (:func:`~tinylens.runs.check_finished`). A run that is not goes to :func:`run_trial`, which
+    finishes it or records why it cannot."""
+    if not is_complete(run, fresh):
+        return False
+    try:
+        check_same_config(run, cfg)
+        runs.check_finished(run, cfg)
+    except TinylensError:
+        return False
+    return True
 
 
 def is_trained(run: Run) -> bool:
