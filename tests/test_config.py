@@ -14,9 +14,11 @@ from tinylens.config import (
     RunConfig,
     TrainConfig,
     make_run_config,
+    parameter_count,
     read_overrides,
 )
 from tinylens.errors import ConfigError
+from tinylens.model import ModelConfig, build_model
 
 
 def test_a_preset_carries_a_recipe_per_task() -> None:
@@ -171,3 +173,15 @@ def test_inversion_preset_gives_the_papers_probed_models() -> None:
     assert (m.n_layers, m.n_heads, m.d_model) == (2, 4, 32)
     assert addition.task_options["n_digits"] == 3 and addition.task_options["min_operand"] == 100
     assert addition.task_options["sum9_example_frac"] == 0.0  # the paper's data: no enrichment
+
+
+@pytest.mark.parametrize("norm", ["LN", "LNPre", "RMS", "RMSPre", None])
+@pytest.mark.parametrize("positions", ["standard", "rotary"])
+@pytest.mark.parametrize("d_mlp", [0, 20])
+def test_parameter_count_is_the_built_models(norm: str | None, positions: str, d_mlp: int) -> None:
+    cfg = ModelConfig(
+        n_layers=2, n_heads=3, d_model=12, d_head=4, d_mlp=d_mlp, normalization_type=norm,
+        positional_embedding=positions, d_vocab=7, n_ctx=9,
+    )  # fmt: skip
+    built = build_model(cfg, seed=0)
+    assert parameter_count(cfg) == sum(p.numel() for p in built.parameters())

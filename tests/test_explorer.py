@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -24,8 +25,10 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from tinylens import cli, explorer
+from tinylens.config import RunConfig, parameter_count
 from tinylens.evaluation import greedy_answer
 from tinylens.explorer import create_app
+from tinylens.explorer.configs import differing_values
 from tinylens.runs import load_trained
 from tinylens.store import Run, Workspace
 
@@ -171,8 +174,7 @@ def test_symlinks_out_of_the_workspace_are_refused(
         (b"{}", "not both"),
         (b'{"seed": -1}', "seed must be an integer"),
         (b'{"seed": true}', "seed must be an integer"),
-        (b'{"seed": 1, "step": 61}', "no checkpoint at step 61"),
-        (b'{"seed": 1, "step": "60"}', "no checkpoint at step '60'"),
+        (b'{"seed": 1, "step": 61}', "no checkpoint at step 61; it has [0, "),
         (b'{"zz": 1}', "unknown fields ['zz']"),
         (b'{"text": "' + b"1" * 70_000 + b'"}', "at most 65536"),
     ],
@@ -183,6 +185,52 @@ def test_a_malformed_probe_is_a_clear_400(
     response = client.post(f"/api/runs/{trained_workspace[1]}/probe", content=body)
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+STEP = "step must be an integer, one of the run's checkpoint steps; got "
+SEED = "seed must be an integer in [0, 9223372036854775807], got "
+TEXT = "text must be a string in the task's format, got "
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"seed": 1, "step": "60"}', STEP + "the string '60' (send 60, without quotes)"),
+        (b'{"seed": 1, "step": 60.0}', STEP + "the number 60.0 (send 60)"),
+        (b'{"seed": 1, "step": 60.5}', STEP + "the number 60.5"),
+        (b'{"seed": 1, "step": true}', STEP + "the boolean true"),
+        (b'{"seed": 1, "step": [60]}', STEP + "a list of 1 item"),
+        (b'{"seed": 1, "step": {"n": 60}}', STEP + "an object"),
+        (b'{"seed": 1, "step": "latest"}', STEP + "the string 'latest'"),
+        (b'{"seed": "7"}', SEED + "the string '7' (send 7, without quotes)"),
+        (b'{"seed": 7.0}', SEED + "the number 7.0 (send 7)"),
+        (b'{"seed": false}', SEED + "the boolean false"),
+        (b'{"seed": -1}', SEED + "the number -1"),
+        (b'{"seed": 1e400}', SEED + "the number inf"),
+        (b'{"seed": ' + b"9" * 60 + b"}", SEED + "the number 99999999999999999999… (60 digits)"),
+        (b'{"text": 5}', TEXT + "the number 5"),
+        (b'{"text": true}', TEXT + "the boolean true"),
+        (b'{"text": ["1+1="]}', TEXT + "a list of 1 item"),
+        (b'{"text": {"q": "1+1="}}', TEXT + "an object"),
+        (b"[1, 2]", "the request body must be a JSON object, got a list of 2 items"),
+        (b'"12345+67890="', "the request body must be a JSON object, got the string '12345+67890='"),
+    ],
+)
+def test_a_probe_field_of_the_wrong_type_says_what_it_got(
+    client: TestClient, trained_workspace: tuple[Path, str], body: bytes, message: str
+) -> None:
+    """Finding 7: `"step": "300"` answered "no checkpoint at step '300'"; each field of the wrong
+    type now says which type it must have and what it got."""
+    response = client.post(f"/api/runs/{trained_workspace[1]}/probe", content=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == message
+
+
+def test_a_null_step_probes_the_latest_checkpoint(
+    client: TestClient, trained_workspace: tuple[Path, str]
+) -> None:
+    response = client.post(f"/api/runs/{trained_workspace[1]}/probe", json={"seed": 2, "step": None})
+    assert response.status_code == 200 and response.json()["step"] == 60
 
 
 def test_the_explorer_never_writes_into_the_workspace(
@@ -458,3 +506,169 @@ def test_a_wal_without_its_shm_file_is_read_without_creating_one(
         rows = client.get("/api/runs").json()
     assert [r["name"] for r in rows] == [name]
     assert not (copy / "tinylens.db-shm").exists()
+
+
+# -- symlinks inside a run: left out, the run still reachable (finding 4) --
+
+
+@pytest.fixture
+def planted(damaged: tuple[Path, str], tmp_path: Path) -> tuple[Path, str, str]:
+    """The copied run with links out of the workspace planted in it (a folder and a result in
+    results/, a figure, a checkpoint, the report), a real figure beside them, and a second run
+    whose whole results/ folder is a link out: (workspace, run, second run)."""
+    root, name = damaged
+    outside = tmp_path / "outside"
+    (outside / "folder").mkdir(parents=True)
+    (outside / "secret.json").write_text('{"secret": "outside"}')
+    (outside / "secret.png").write_bytes(b"\x89PNG secret")
+    (outside / "folder" / "hidden-name.json").write_text('{"secret": "outside"}')
+    shutil.copy(outside / "secret.png", outside / "step-999.safetensors")
+    run = root / name
+    (run / "figures").mkdir()
+    (run / "figures" / "real.png").write_bytes(b"\x89PNG inside")
+    (run / "results" / "dirlink").symlink_to(outside / "folder", target_is_directory=True)
+    (run / "results" / "leak.json").symlink_to(outside / "secret.json")
+    (run / "figures" / "leak.png").symlink_to(outside / "secret.png")
+    (run / "checkpoints" / "step-999.safetensors").symlink_to(outside / "step-999.safetensors")
+    (run / "report.html").symlink_to(outside / "secret.png")
+    second = "second-run"
+    shutil.copytree(run, root / second, symlinks=True)
+    shutil.rmtree(root / second / "results")
+    (root / second / "results").symlink_to(outside / "folder", target_is_directory=True)
+    return root, name, second
+
+
+def test_a_link_out_of_the_workspace_is_left_out_and_the_run_stays_reachable(
+    planted: tuple[Path, str, str],
+) -> None:
+    root, name, second = planted
+    with TestClient(create_app(root)) as client:
+        assert {r["name"] for r in client.get("/api/runs").json()} == {name, second}
+        details = client.get(f"/api/runs/{name}").json()
+        assert details["results"] == ["train_summary"]
+        assert details["figures"] == ["real"]
+        assert details["checkpoints"][-1] == 60 and 999 not in details["checkpoints"]
+        assert details["report"] is False
+        assert details["left_out"] == [
+            "checkpoints/step-999.safetensors",
+            "figures/leak.png",
+            "report.html",
+            "results/dirlink",
+            "results/leak.json",
+        ]
+        for path in ("metrics", "views", "results/train_summary"):
+            assert client.get(f"/api/runs/{name}/{path}").status_code == 200, path
+        assert client.get(f"/runs/{name}/figures/real.png").content == b"\x89PNG inside"
+        probed = client.post(f"/api/runs/{name}/probe", json={"seed": 1})
+        assert probed.status_code == 200 and probed.json()["step"] == 60
+        refused = client.post(f"/api/runs/{name}/probe", json={"seed": 1, "step": 999})
+        assert refused.status_code == 400 and "no checkpoint at step 999" in refused.json()["error"]
+        other = client.get(f"/api/runs/{second}").json()
+        assert other["results"] == []
+        assert other["left_out"] == [*details["left_out"][:3], "results"]
+        for path in (
+            f"/api/runs/{name}/results/leak",
+            f"/api/runs/{name}/results/dirlink",
+            f"/runs/{name}/figures/leak.png",
+            f"/runs/{name}/report",
+            f"/api/runs/{second}/results/hidden-name",
+        ):
+            response = client.get(path)
+            assert response.status_code == 404, path
+            assert b"secret" not in response.content and b"outside" not in response.content, path
+        assert "is not inside the workspace" in client.get(f"/runs/{name}/figures/leak.png").text
+        everything = client.get(f"/api/runs/{second}").text + client.get("/api/runs").text
+    assert "hidden-name" not in everything  # an outside folder is not even listed
+
+
+# -- telling models apart: shape, size and what differs (finding 8) --
+
+
+def _copy_run(root: Path, name: str, new: str, kind: str = "train", **config: object) -> None:
+    """A copy of run ``name`` called ``new``, its config.json's top-level fields replaced by
+    ``config`` and its status.json's kind set to ``kind``."""
+    shutil.copytree(root / name, root / new)
+    stored = json.loads((root / name / "config.json").read_text())
+    (root / new / "config.json").write_text(json.dumps({**stored, **config}))
+    status = json.loads((root / name / "status.json").read_text())
+    (root / new / "status.json").write_text(json.dumps({**status, "kind": kind}))
+
+
+@pytest.fixture
+def models_apart(damaged: tuple[Path, str]) -> tuple[Path, str]:
+    """The copied tiny run (d_model 32), a narrower copy (d_model 16), a decoder run, a sweep run
+    and a run whose model section is damaged: (workspace, the tiny run's name)."""
+    root, name = damaged
+    model = json.loads((root / name / "config.json").read_text())["model"]
+    _copy_run(root, name, "narrow", model={**model, "d_model": 16, "d_head": 8})
+    decoder = {"d_vocab": 12, "n_ctx": 18, "d_act": 32, "n_sites": 1, "d_model": 64, "n_layers": 2,
+               "n_heads": 4, "n_cond_blocks": 6}  # fmt: skip
+    _copy_run(root, name, "decoder-run", kind="decoder", decoder=decoder, model=None, task=None)
+    _copy_run(root, name, "sweep-run", kind="sweep", model=None, grid={"model.d_model": [16, 32]})
+    _copy_run(root, name, "broken-model", preset="odd", model={**model, "n_layers": "two"})
+    return root, name
+
+
+def test_the_runs_table_shows_each_model_and_what_differs(models_apart: tuple[Path, str]) -> None:
+    root, name = models_apart
+    with TestClient(create_app(root)) as client:
+        rows = {r["name"]: r for r in client.get("/api/runs").json()}
+    tiny = rows[name]
+    assert tiny["shape"] == {"n_layers": 1, "n_heads": 2, "d_model": 32, "d_head": 16, "d_mlp": 64}
+    config = RunConfig.from_dict(json.loads((root / name / "config.json").read_text()))
+    assert tiny["params"] == parameter_count(config.model) == 9_952  # every weight, bias and gain
+    assert rows["narrow"]["params"] == parameter_count(replace(config.model, d_model=16, d_head=8))
+    assert tiny["differs"] == {"model.d_head": 16, "model.d_model": 32}
+    assert rows["narrow"]["differs"] == {"model.d_head": 8, "model.d_model": 16}
+    decoder = rows["decoder-run"]
+    assert (decoder["kind"], decoder["shape"], decoder["params"]) == (
+        "decoder",
+        {"n_layers": 2, "n_heads": 4, "d_model": 64},
+        None,
+    )
+    assert (rows["sweep-run"]["shape"], rows["sweep-run"]["params"]) == (None, None)
+    assert (rows["broken-model"]["shape"], rows["broken-model"]["params"]) == (None, None)
+    for other in ("decoder-run", "sweep-run", "broken-model"):  # each alone in its group
+        assert rows[other]["differs"] == {}, other
+
+
+def test_a_run_page_shows_its_model_and_the_runs_it_is_compared_with(
+    models_apart: tuple[Path, str],
+) -> None:
+    root, name = models_apart
+    with TestClient(create_app(root)) as client:
+        details = client.get("/api/runs/narrow").json()
+        alone = client.get("/api/runs/sweep-run").json()
+    assert details["shape"]["d_model"] == 16 and details["params"] > 0
+    group = details["group"]
+    assert (group["kind"], group["task"], group["preset"]) == ("train", "addition", "tiny")
+    assert group["fields"] == ["model.d_head", "model.d_model"]
+    assert sorted(group["runs"], key=lambda r: r["name"]) == sorted(
+        [
+            {"name": name, "values": {"model.d_head": 16, "model.d_model": 32}},
+            {"name": "narrow", "values": {"model.d_head": 8, "model.d_model": 16}},
+        ],
+        key=lambda r: r["name"],
+    )
+    assert alone["group"]["fields"] == [] and [r["name"] for r in alone["group"]["runs"]] == [
+        "sweep-run"
+    ]
+    assert (alone["shape"], alone["params"]) == (None, None)
+
+
+def test_differing_values_compares_nested_fields_lists_and_missing_ones() -> None:
+    configs = {
+        "a": {"model": {"d_model": 16, "act_fn": "relu"}, "seed": 0, "sites": [1, 2], "x": {}},
+        "b": {"model": {"d_model": 32, "act_fn": "relu"}, "seed": 0, "sites": [1, 3], "x": {}},
+        "c": {"model": {"d_model": 32, "act_fn": "relu"}, "sites": [1, 2], "x": {}},
+    }
+    assert differing_values(configs) == {
+        "a": {"model.d_model": 16, "seed": 0, "sites": [1, 2]},
+        "b": {"model.d_model": 32, "seed": 0, "sites": [1, 3]},
+        "c": {"model.d_model": 32, "seed": None, "sites": [1, 2]},  # seed missing: a difference
+    }
+    assert differing_values({"a": configs["a"]}) == {"a": {}}
+    deep: dict[str, object] = {"v": 1}
+    for _ in range(50):
+        deep = {"n": deep}
+    assert differing_values({"a": deep, "b": deep}) == {"a": {}, "b": {}}  # deep nesting: no error

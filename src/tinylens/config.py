@@ -356,7 +356,7 @@ class RunConfig:
         n_params = parameter_count(self.model)
         if n_params > MAX_PARAMETERS:
             raise ConfigError(
-                f"the model would have about {n_params:.3g} parameters; tinylens trains at most "
+                f"the model would have {n_params:.3g} parameters; tinylens trains at most "
                 f"{MAX_PARAMETERS:_} (lower n_layers, d_model, d_mlp or n_heads × d_head)"
             )
 
@@ -435,11 +435,19 @@ def check_task_options(task: str, options: dict[str, Any]) -> None:
 
 
 def parameter_count(model: ModelConfig) -> int:
-    """About how many parameters ``model`` has (weights of attention, MLP, embeddings)."""
-    attention = 4 * model.d_model * model.n_heads * model.d_head
-    mlp = 2 * model.d_model * model.d_mlp
-    embeddings = (2 * (model.d_vocab or 0) + (model.n_ctx or 0)) * model.d_model
-    return model.n_layers * (attention + mlp) + embeddings
+    """How many parameters the model :func:`tinylens.model.build_model` makes for ``model`` has,
+    by arithmetic (no model is built; tested equal to the built one's count).
+
+    A config not yet sized for a task (``d_vocab``/``n_ctx`` None) counts no embeddings.
+    """
+    d, inner = model.d_model, model.n_heads * model.d_head
+    norm = {"LN": 2 * d, "RMS": d}.get(model.normalization_type or "", 0)  # the *Pre norms: none
+    attention = 3 * (d * inner + inner) + inner * d + d  # W_Q, W_K, W_V, W_O and their biases
+    mlp = 2 * d * model.d_mlp + model.d_mlp + d if model.d_mlp else 0
+    block = norm + attention + (norm + mlp if model.d_mlp else 0)
+    vocab, n_ctx = model.d_vocab or 0, model.n_ctx or 0
+    positions = n_ctx * d if model.positional_embedding == "standard" else 0
+    return model.n_layers * block + 2 * vocab * d + positions + norm  # embed, unembed, final norm
 
 
 def derive_seed(seed: int, purpose: str) -> int:

@@ -1,8 +1,10 @@
 """The explorer: a local web app over a workspace, read-only.
 
 ``tinylens explore [--workspace DIR] [--port 8765]`` serves, on 127.0.0.1 only unless ``--host`` is
-given, a table of every run, each run's metric curves, its report and figures, and a live probe of
-its model at any checkpoint (the answer, per-position probabilities, attention per head, the maze).
+given, a table of every run (with its model's shape and size, and the config values that tell it
+from the other runs of its kind, task and preset), each run's metric curves, its report and
+figures, and a live probe of its model at any checkpoint (the answer, per-position probabilities,
+attention per head, the maze).
 Nothing is fetched from the network: the pages are the plain modules in ``static/``.
 
 Usage:

@@ -4,17 +4,21 @@ Routes (every name goes through the store's run-name rule; no route takes a file
 
     GET  /                                   the runs table
     GET  /run?name=RUN                       a run: curves, checkpoints, report, live probe
-    GET  /api/runs                           [{name, kind, status, step, task, preset, acc, ...}]
-    GET  /api/runs/RUN                       config, status, checkpoints, results, figures
+    GET  /api/runs                           [{name, kind, status, step, task, preset, shape,
+                                              params, differs, acc, ...}]
+    GET  /api/runs/RUN                       config, shape, params, status, checkpoints, results,
+                                             figures, left_out, group (the runs it is compared with)
     GET  /api/runs/RUN/metrics               {metric: {steps, values}}
     GET  /api/runs/RUN/views                 a study's heatmaps, circuits and curves to draw
     GET  /api/runs/RUN/results/NAME          results/NAME.json
-    POST /api/runs/RUN/probe                 {"text": ...} or {"seed": N}, optional "step"
+    POST /api/runs/RUN/probe                 {"text": ...} or {"seed": N}, optional "step" (an int)
     GET  /runs/RUN/report                    the run's report.html
     GET  /runs/RUN/figures/NAME.png          a figure
 
-Errors are ``{"error": message}`` with a 4xx status (404 unknown run or file, 400 a malformed
-request or question); anything unexpected is a 500 with a one-line message, never a traceback.
+Errors are ``{"error": message}`` with a 4xx status (404 unknown run or file, or a file left out
+because it links out of the workspace; 400 a malformed request or question, each field of the wrong
+type named with what it got); anything unexpected is a 500 with a one-line message, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 
 from tinylens.errors import TinylensError
 from tinylens.explorer.data import NotFoundError, WorkspaceView
-from tinylens.explorer.probe import BadRequestError, ModelCache, probe
+from tinylens.explorer.probe import BadRequestError, ModelCache, ProbeRequest, probe
 from tinylens.explorer.views import study_views
 from tinylens.store import finite_values
 
@@ -82,13 +86,8 @@ def create_app(workspace: Path | str) -> Starlette:
             raise BadRequestError(
                 'the request body must be JSON, e.g. {"text": "12345+67890="}'
             ) from None
-        if not isinstance(data, dict):
-            raise BadRequestError("the request body must be a JSON object")
-        unknown = sorted(set(data) - {"text", "seed", "step"})
-        if unknown:
-            raise BadRequestError(f"unknown fields {unknown}; give text or seed, and optionally step")
         name = request.path_params["run"]
-        answer = await run_in_threadpool(_probe, view, models, name, data)
+        answer = await run_in_threadpool(_probe, view, models, name, ProbeRequest.from_json(data))
         return _JSON(answer)
 
     async def report(request: Request) -> Response:
@@ -141,20 +140,21 @@ class _JSON(JSONResponse):
 
 def _result(view: WorkspaceView, name: str, key: str) -> Any:
     run = view.run(name)
-    if not _RESULT_NAME.fullmatch(key) or not run.has_result(key):
+    if not _RESULT_NAME.fullmatch(key):
         raise NotFoundError(f"run {name!r} has no result {key!r}")
-    view.inside(run.path / "results" / f"{key}.json")
     return run.read_result(key)
 
 
-def _probe(view: WorkspaceView, models: ModelCache, name: str, data: dict[str, Any]) -> dict[str, Any]:
+def _probe(view: WorkspaceView, models: ModelCache, name: str, request: ProbeRequest) -> dict[str, Any]:
+    """Probe run ``name`` at the request's step, or else its latest checkpoint (of those inside
+    the workspace: a checkpoint linked in from outside is never loaded)."""
     steps = view.run(name).checkpoint_steps()
     if not steps:
         raise NotFoundError(f"run {name!r} has no checkpoint yet")
-    step = data.get("step", steps[-1])
-    if type(step) is not int or step not in steps:  # not 20.0, not True
-        raise BadRequestError(f"run {name!r} has no checkpoint at step {step!r}; it has {steps}")
-    return probe(models.get(name, step), text=data.get("text"), seed=data.get("seed"))
+    step = steps[-1] if request.step is None else request.step
+    if step not in steps:
+        raise BadRequestError(f"run {name!r} has no checkpoint at step {step}; it has {steps}")
+    return probe(models.get(name, step), request)
 
 
 def _error(status: int):

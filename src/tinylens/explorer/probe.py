@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from tinylens import runs
 from tinylens.analysis import mean_attention
-from tinylens.errors import TinylensError
+from tinylens.errors import TinylensError, quote
 from tinylens.evaluation import greedy_answer
 from tinylens.runs import TrainedModel
 from tinylens.store import Workspace
@@ -67,8 +67,95 @@ class ModelCache:
             return entry
 
 
-def probe(entry: _Entry, *, text: Any = None, seed: Any = None) -> dict[str, Any]:
-    """Ask the model one question, typed (``text``, the task's prompt format) or drawn (``seed``).
+@dataclass(frozen=True)
+class ProbeRequest:
+    """One probe as asked: a question typed (``text``) or drawn (``seed``), at a checkpoint
+    (``step``; None: the run's latest)."""
+
+    text: str | None = None
+    """A question in the task's prompt format, e.g. ``12345+67890=``."""
+    seed: int | None = None
+    """Draws a question from the task's generator (a maze: its seed picks the maze)."""
+    step: int | None = None
+    """The checkpoint's step; whether the run has it is checked against the run."""
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProbeRequest:
+        """Check a request body (parsed JSON): its fields and each field's type, so that every
+        mistake gets its own message (``"step": "300"`` is a string, not a missing checkpoint).
+        A null field counts as not given.
+
+        Raises:
+            BadRequestError: not an object, an unknown field, a field of the wrong type, a seed out
+                of range, or neither or both of text and seed.
+        """
+        if not isinstance(data, dict):
+            raise BadRequestError(f"the request body must be a JSON object, got {_described(data)}")
+        unknown = sorted(set(data) - set(FIELDS))
+        if unknown:
+            raise BadRequestError(f"unknown fields {unknown}; give text or seed, and optionally step")
+        text, seed, step = (data.get(name) for name in FIELDS)
+        if text is not None and not isinstance(text, str):
+            raise BadRequestError(f"text must be a string in the task's format, got {_described(text)}")
+        if seed is not None and (not _is_integer(seed) or not 0 <= seed <= MAX_SEED):
+            raise BadRequestError(f"seed must be an integer in [0, {MAX_SEED}], got {_described(seed)}")
+        if step is not None and not _is_integer(step):
+            raise BadRequestError(
+                f"step must be an integer, one of the run's checkpoint steps; got {_described(step)}"
+            )
+        if (text is None) == (seed is None):
+            raise BadRequestError("give a question as text, or a seed to draw one (not both)")
+        return cls(text=text, seed=seed, step=step)
+
+
+FIELDS = tuple(f.name for f in fields(ProbeRequest))
+"""A probe body's fields: text, seed, step."""
+
+
+def _is_integer(value: Any) -> bool:
+    """A JSON integer: not a bool (true is 1 to Python), not a float (even 60.0)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _described(value: Any) -> str:
+    """A JSON value as a message names it: its JSON type and the value, cut short, and where it
+    means an integer written as something else, how to send it: ``the string '300' (send 300,
+    without quotes)``."""
+    if isinstance(value, str):
+        meant = _integer_in(value)
+        hint = f" (send {meant}, without quotes)" if meant is not None else ""
+        return f"the string {quote(value)}{hint}"
+    if isinstance(value, float):
+        hint = f" (send {int(value)})" if value.is_integer() and abs(value) < 1e18 else ""
+        return f"the number {value!r}{hint}"
+    return _named(value)
+
+
+def _named(value: Any) -> str:
+    """null, a boolean, an integer, a list or an object as a message names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int):
+        digits = str(value)
+        return f"the number {digits if len(digits) <= 40 else f'{digits[:20]}… ({len(digits)} digits)'}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
+    return "an object"
+
+
+def _integer_in(text: str) -> int | None:
+    """The integer a short string of decimal digits (an optional minus sign) spells, else None."""
+    digits = text.strip()
+    if len(digits) > 20 or not digits.removeprefix("-").isdecimal():
+        return None
+    return int(digits)
+
+
+def probe(entry: _Entry, request: ProbeRequest) -> dict[str, Any]:
+    """Ask the model one question, typed (``request.text``, the task's prompt format) or drawn
+    (``request.seed``); the request's step is the caller's business (it picked ``entry``).
 
     Returns the tokens, the model's greedy answer and the true one, the top tokens and the true
     token's probability at each answer position (teacher-forced on the model's own answer), and
@@ -76,22 +163,15 @@ def probe(entry: _Entry, *, text: Any = None, seed: Any = None) -> dict[str, Any
     for a maze, its walls and both paths.
 
     Raises:
-        BadRequestError: neither or both of ``text`` and ``seed``, a seed out of range, or text
-            the task cannot read (the task's own message says why).
+        BadRequestError: text the task cannot read (the task's own message says why).
     """
     trained = entry.model
     task = trained.task
-    if (text is None) == (seed is None):
-        raise BadRequestError("give a question as text, or a seed to draw one (not both)")
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise BadRequestError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
-        prompt = task.sample(1, torch.Generator().manual_seed(seed))[0, : task.prompt_len]
+    if request.seed is not None:
+        prompt = task.sample(1, torch.Generator().manual_seed(request.seed))[0, : task.prompt_len]
     else:
-        if not isinstance(text, str):
-            raise BadRequestError(f"text must be a string, got {type(text).__name__}")
         try:
-            prompt = task.parse_prompt(text)
+            prompt = task.parse_prompt(request.text)
         except TinylensError as err:
             raise BadRequestError(str(err)) from None
     with entry.lock, torch.no_grad():

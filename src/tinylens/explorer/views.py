@@ -10,21 +10,21 @@ A view is a dict with a ``kind`` the page knows how to draw:
   with its distance to the query's activation, how often it was written and each token's
   likelihood shift, and the ``epsilon`` that bounds the preimage.
 
-Only results a study wrote are read (``results/*.json`` of its run); a study this module does not
-know, or a result of an older layout, gives no view rather than an error.
+Only results a study wrote are read (``results/*.json`` of its run, those inside the workspace); a
+study this module does not know, or a result of an older layout, gives no view rather than an error.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tinylens.store import Run
+from tinylens.explorer.data import RunFiles
 
 MAX_VIEWER_ENTRIES = 12
 """Inversion viewer entries shown per probed model (a site × position each)."""
 
 
-def study_views(run: Run) -> list[dict[str, Any]]:
+def study_views(run: RunFiles) -> list[dict[str, Any]]:
     """Every view the run's results support (none for a training run)."""
     views: list[dict[str, Any]] = []
     for build in (_seqcont_views, _inversion_views):
@@ -35,7 +35,7 @@ def study_views(run: Run) -> list[dict[str, Any]]:
     return views
 
 
-def _seqcont_views(run: Run) -> list[dict[str, Any]]:
+def _seqcont_views(run: RunFiles) -> list[dict[str, Any]]:
     if not (run.has_result("circuits") and run.has_result("graph")):
         return []
     circuits = run.read_result("circuits")
@@ -96,7 +96,7 @@ def _seqcont_views(run: Run) -> list[dict[str, Any]]:
     return views
 
 
-def _inversion_views(run: Run) -> list[dict[str, Any]]:
+def _inversion_views(run: RunFiles) -> list[dict[str, Any]]:
     views = []
     for model in ("counting", "addition"):
         if not run.has_result(model) or not run.has_result("settings"):

@@ -1,7 +1,7 @@
 // A run's page: its state and config, metric curves, report and figures, and a live probe of its
 // model at a chosen checkpoint (prediction, per-position probabilities, attention, the maze).
 import { attentionView } from "/static/attention.js";
-import { el, fmt, getJSON, showError } from "/static/common.js";
+import { PARAMS_NOTE, el, fmt, getJSON, shapeText, showError, valueText } from "/static/common.js";
 import { mazeView } from "/static/maze.js";
 import { lineChart } from "/static/plot.js";
 import { studyViews } from "/static/views.js";
@@ -11,35 +11,61 @@ const api = `/api/runs/${encodeURIComponent(name)}`;
 const EXAMPLES = { addition: "12345+67890=", counting: "", seqcont: "", maze: "" };
 
 // Charts: which metric names go on which chart (a run logs loss and accuracy overall, per answer
-// position and per group).
+// position and per group; a decoder run the share of its samples inside ε). A fraction chart is
+// linear whatever the log-values box says: accuracy ends at 100%, at the top.
+const CHARTS = [
+  { title: "loss", test: (n) => n === "train/loss" || n === "eval/loss" },
+  { title: "held-out exact match", test: (n) => n === "eval/acc", fraction: true },
+  { title: "held-out exact match per answer position", test: (n) => /^eval\/acc\/[AP]\d+$/.test(n), fraction: true },
+  { title: "held-out share of samples inside ε", test: (n) => n === "eval/inside" || n.startsWith("eval/inside/"), fraction: true },
+  { title: "training loss per answer position", test: (n) => /^train\/loss\/[^/]+$/.test(n) },
+  { title: "held-out loss per answer position", test: (n) => /^eval\/loss\/[AP]\d+$/.test(n) },
+];
+
 function charts(metrics) {
   const names = Object.keys(metrics);
-  const pick = (test) => names.filter(test).map((n) => ({ name: n, ...metrics[n] }));
-  return [
-    ["loss", pick((n) => n === "train/loss" || n === "eval/loss")],
-    ["held-out exact match", pick((n) => n === "eval/acc")],
-    ["training loss per answer position", pick((n) => /^train\/loss\/[^/]+$/.test(n))],
-    ["held-out loss per answer position", pick((n) => /^eval\/loss\/A\d+$/.test(n) || /^eval\/loss\/P\d+$/.test(n))],
-  ].filter(([, series]) => series.length);
+  return CHARTS.map((chart) => ({ ...chart, series: names.filter(chart.test).map((n) => ({ name: n, ...metrics[n] })) }))
+    .filter((chart) => chart.series.length);
 }
 
 function drawCurves(metrics) {
   const logX = document.getElementById("log-x").checked;
   const logY = document.getElementById("log-y").checked;
-  const shown = charts(metrics).map(([title, series]) =>
-    el("div", { class: "chart", "data-chart": title }, el("h3", { text: title }), lineChart(series, { logX, logY: logY && title !== "held-out exact match" })));
+  const shown = charts(metrics).map(({ title, series, fraction = false }) =>
+    el("div", { class: "chart", "data-chart": title }, el("h3", { text: title }), lineChart(series, { logX, logY, fraction })));
   document.getElementById("curves").replaceChildren(...(shown.length ? shown : [el("p", { class: "muted", text: "no metrics logged yet" })]));
+}
+
+// The runs of this run's kind, task and preset, and the config values that differ among them.
+function groupTable(run) {
+  const { group } = run;
+  if (!group || group.runs.length < 2) return [];
+  const what = `the ${group.runs.length} ${group.kind} runs of task ${group.task ?? "-"}, preset ${group.preset ?? "-"}`;
+  if (!group.fields.length) return [el("p", { class: "muted", id: "group", text: `${what}: nothing in their config.json differs` })];
+  const rows = group.runs.map((r) => el("tr", { "data-run": r.name, class: r.name === run.name ? "current" : "" },
+    el("td", {}, r.name === run.name ? r.name : el("a", { href: `/run?name=${encodeURIComponent(r.name)}`, text: r.name })),
+    ...group.fields.map((f) => el("td", { text: valueText(r.values[f]) }))));
+  return [
+    el("h3", { text: `What differs among ${what}` }),
+    el("table", { id: "group" }, el("thead", {}, el("tr", {}, el("th", { text: "run" }), ...group.fields.map((f) => el("th", { text: f })))),
+      el("tbody", {}, ...rows)),
+  ];
 }
 
 function overview(run) {
   document.getElementById("title").textContent = run.name;
   const cfg = run.config || {};
-  const facts = [
-    ["status", run.status], ["step", run.step], ["task", cfg.task ?? "-"], ["preset", cfg.preset ?? "-"],
-    ["checkpoints", run.checkpoints.join(", ") || "none"],
-  ];
+  const facts = [["status", run.status], ["step", run.step], ["task", cfg.task ?? "-"], ["preset", cfg.preset ?? "-"]];
+  if (run.shape) facts.push(["model", shapeText(run.shape, true)]);
+  if (run.params !== null) facts.push(["parameters", `${run.params.toLocaleString("en-US")}: ${PARAMS_NOTE}`]);
+  facts.push(["checkpoints", run.checkpoints.join(", ") || "none"]);
+  const leftOut = run.left_out.length
+    ? [el("p", { class: "muted", id: "left-out", text: `left out (links out of the workspace: not listed, not served): ${run.left_out.join(", ")}` })]
+    : [];
   document.getElementById("overview").replaceChildren(
-    el("table", { id: "facts" }, el("tbody", {}, ...facts.map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: fmt(v) }))))),
+    el("table", { id: "facts" }, el("tbody", {}, ...facts.map(([k, v]) => el("tr", { "data-fact": k }, el("th", { text: k }), el("td", { text: fmt(v) }))))),
+    ...groupTable(run),
+    ...leftOut,
     el("details", {}, el("summary", { text: "config.json" }), el("pre", { text: JSON.stringify(cfg, null, 2) })));
   const report = document.getElementById("report");
   const parts = [];
