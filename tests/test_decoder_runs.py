@@ -24,7 +24,7 @@ from tinylens.decoder_runs import (
 )
 from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.runs import load_trained, train
-from tinylens.store import Workspace, load_tensors
+from tinylens.store import Run, Workspace, load_tensors
 from tinylens.train import DivergenceError
 
 from .helpers import run_cfg
@@ -226,6 +226,17 @@ def test_invert_train_and_sample_from_the_command_line(
         capsys, "invert", "sample", other, question, "--site", "embed", "--decoder", decoder, *w
     )
     assert code == 2 and "does not match the probed model" in err
+    # a decoder run that lost its state is refused, then started over with --restart
+    rows = ws.run(decoder).metric_rows()
+    ws.run(decoder).state_path().unlink()
+    again = ["invert", "train", run, "--sites", "embed,L0.resid_post", "--steps", "6",
+             "--d-model", "32", "--no-progress", *w]  # fmt: skip
+    code, _, err = run_cli(capsys, *again)
+    assert code == 2 and "has lost its training state" in err and "--restart" in err, err
+    assert len(err.strip().splitlines()) == 1 and ws.run(decoder).metric_rows() == rows
+    code, out, err = run_cli(capsys, *again, "--restart")
+    assert code == 0 and out.strip() == decoder, err
+    assert ws.run(decoder).metric_rows() == rows  # the same training again, each metric once
 
 
 def test_a_malformed_counting_string_is_one_clear_error(
@@ -338,3 +349,88 @@ def test_invert_names_a_decoder_run_and_a_decoder_with_a_broken_config(
         assert f"decoder run '{decoder}' has an unreadable config.json" in err
         assert "fix or delete it, or train a new decoder with `tinylens invert train" in err
         assert f"invert train {name}" in err and "has no decoder" not in err
+
+
+# -- a lost training state: refused, never rebuilt in part (as the model trainer) --
+
+
+def _same_weights(ws: Workspace, a: str, b: str) -> bool:
+    wa, wb = _decoder_weights(ws, a), _decoder_weights(ws, b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_decoder_run_that_lost_its_state_is_refused_and_restart_trains_it_again(
+    probed_ws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    cfg = _config(probed, seed=5)
+    straight = train_decoder(ws, probed, cfg, "lost-straight", progress=False).run
+    original = DecoderTrainer.train_step
+
+    def step_then_ctrl_c(self: DecoderTrainer) -> None:
+        original(self)
+        self._stop_requested = self.step == 8  # saved at 3, 6 and on stopping at 8
+
+    monkeypatch.setattr(DecoderTrainer, "train_step", step_then_ctrl_c)
+    assert train_decoder(ws, probed, cfg, "lost", progress=False).step == 8
+    monkeypatch.undo()
+    run = ws.run("lost")
+    for step in (8, 12):  # stopped part-way, then finished: both lose their state
+        rows = run.metric_rows()
+        run.state_path().unlink()
+        with pytest.raises(CheckpointError) as caught:
+            train_decoder(ws, probed, cfg, "lost", progress=False)
+        message = str(caught.value)
+        assert "decoder run 'lost' has lost its training state" in message, message
+        assert f"latest.safetensors is missing, but its status.json records step {step}" in message
+        assert f"`tinylens invert train {name} …` and --restart" in message
+        assert "another --name" in message and "\n" not in message
+        assert run.metric_rows() == rows, "nothing was logged again"
+        assert run.state_file() is None and run.state().step == step
+        restarted = train_decoder(ws, probed, cfg, "lost", progress=False, restart=True)
+        assert (restarted.status, restarted.step) == ("done", 12)
+        assert run.metric_rows() == ws.run(straight).metric_rows(), "each metric once"
+        assert run.checkpoint_steps() == [6, 12] and _same_weights(ws, "lost", straight)
+
+
+def test_a_decoder_run_that_lost_a_checkpoint_before_its_state_is_refused(probed_ws) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    cfg = _config(probed, seed=6, steps=6, eval_every=3)
+    run = ws.run(train_decoder(ws, probed, cfg, progress=False).run)
+    rows = run.metric_rows()
+    run.checkpoint_file(3).unlink()
+    with pytest.raises(CheckpointError) as caught:
+        train_decoder(ws, probed, cfg, progress=False)
+    message = str(caught.value)
+    assert "lacks the checkpoints of steps 3, which were written before its saved state" in message
+    assert "--restart (deletes decoder run" in message
+    assert run.metric_rows() == rows and run.checkpoint_steps() == [6]
+
+
+class _Killed(BaseException):
+    """Stands in for kill -9 in the middle of writing a file."""
+
+
+def test_a_decoder_run_killed_before_its_first_state_starts_over_and_logs_each_metric_once(
+    probed_ws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, name = probed_ws
+    probed = load_trained(ws, name)
+    cfg = _config(probed, seed=7, save_every=6)  # first save at 6, after that evaluation's checkpoint
+
+    def killed(self: Run, tensors: object, meta: object) -> None:
+        raise _Killed  # after the metrics of steps 2–6 were logged, before the state is written
+
+    monkeypatch.setattr(Run, "save_state", killed)
+    with pytest.raises(_Killed):
+        train_decoder(ws, probed, cfg, "killed", progress=False)
+    run = ws.run("killed")
+    assert run.state_file() is None and run.checkpoint_steps() == [6]
+    assert max(step for step, _, _ in run.metric_rows()) == 6
+    monkeypatch.undo()
+    assert train_decoder(ws, probed, cfg, "killed", progress=False).step == 12
+    straight = train_decoder(ws, probed, cfg, "killed-straight", progress=False).run
+    assert run.metric_rows() == ws.run(straight).metric_rows(), "each metric once"
+    assert _same_weights(ws, "killed", straight)

@@ -67,6 +67,13 @@ def train_command(
     ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Delete the decoder run's checkpoints, metrics and results, and train it from 0.",
+        ),
+    ] = False,
 ) -> None:
     """Train (or resume) a decoder for RUN and print its run name and per-site share inside ε."""
     ws = Workspace(workspace)
@@ -80,7 +87,7 @@ def train_command(
         train=train,
         d_model=d_model,
     )
-    result = train_decoder(ws, probed, cfg, name, progress=progress)
+    result = train_decoder(ws, probed, cfg, name, progress=progress, restart=restart)
     if result.status == "interrupted":
         raise Interrupted(
             f"interrupted at step {result.step}; run the same `tinylens invert train` again to continue"

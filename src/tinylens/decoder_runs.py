@@ -12,7 +12,9 @@ task has a split) at every site (the paper's four temperature/noise settings) an
 the share of its samples inside the ε-preimage; with ``reweight`` on, the sites that land inside
 least often are then drawn more often (the paper's reweighting). Like the model trainer, it saves
 its whole state (weights, optimizer, data generator, site weights) every ``save_every`` steps and on
-Ctrl-C, and a killed run resumes to bit-identical weights.
+Ctrl-C, and a killed run resumes to bit-identical weights. As there, a run that lost files resuming
+cannot write again (its state, or checkpoints before it) is refused with a :class:`CheckpointError`,
+never rebuilt in part; ``train_decoder(..., restart=True)`` starts it over from step 0.
 
 Usage:
     probed = runs.load_trained(workspace, "counting-cpu-s0-48d85b6e")
@@ -52,7 +54,7 @@ from tinylens.decoder import DecoderConfig, InversionDecoder
 from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.runs import TrainedModel
 from tinylens.store import Run, Workspace, config_hash, load_tensors, read_metadata
-from tinylens.train import DivergenceError, interrupt_requests_stop, progress_bar
+from tinylens.train import DivergenceError, interrupt_requests_stop, lost_progress, progress_bar
 
 DECODER_KIND = "tinylens.decoder"
 STATE_KIND = "tinylens.decoder_state"
@@ -293,11 +295,24 @@ class DecoderTrainer:
         self._stop_requested = False
         self.inside: dict[str, float] = {}
 
-    def fit(self) -> DecoderTrainResult:
-        """Train to ``train.steps``, resuming the run's saved state, holding the run's lock."""
+    def fit(self, *, restart: bool = False) -> DecoderTrainResult:
+        """Train to ``train.steps``, resuming the run's saved state, holding the run's lock.
+
+        Args:
+            restart: first delete everything the run saved (checkpoints, metrics, results) and
+                train it from step 0.
+
+        Raises:
+            CheckpointError: the saved state is damaged or another config's, or the run lost files
+                that resuming cannot write again (its state, or checkpoints before it): the run is
+                left as it was, never rebuilt in part.
+            DivergenceError: the loss or the weights became non-finite.
+        """
         with self.run.lock(on_wait=self._say_waiting):
             self.run.workspace.remove_stale_files()
             self.run.remove_stale_files()
+            if restart:
+                self.run.discard_training()
             return self._fit()
 
     def _say_waiting(self) -> None:
@@ -453,6 +468,7 @@ class DecoderTrainer:
     def _restore(self) -> None:
         path = self.run.state_file()
         if path is None:
+            self._start_from_scratch()
             return
         tensors, meta = load_tensors(path, kind=STATE_KIND)
         if meta.get("run_config_hash") != self.run.config_hash:
@@ -476,7 +492,32 @@ class DecoderTrainer:
             self.inside = json.loads(meta["inside"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{path} does not hold a usable decoder state: {err}") from None
+        missing = _missing_checkpoints(self.run, self.cfg.train, self.step)
+        if missing:
+            shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
+            raise CheckpointError(
+                f"decoder run {self.run.name!r} lacks the checkpoints of steps {shown}, which were "
+                f"written before its saved state at step {self.step} (deleted?); resuming cannot "
+                f"write them again: {_start_over_hint(self.run, self.cfg)}"
+            )
+        # metrics logged after the saved state will be recomputed, identically
         self.run.workspace.delete_metrics_after(self.run.name, self.step)
+
+    def _start_from_scratch(self) -> None:
+        """No saved state: train from step 0, unless the run got further (then it was lost)."""
+        tc = self.cfg.train
+        lost = lost_progress(
+            self.run, steps=tc.steps, save_every=tc.save_every, summary="decoder_summary"
+        )
+        if lost is not None:
+            raise CheckpointError(
+                f"decoder run {self.run.name!r} has lost its training state: "
+                f"{self.run.state_path()} is missing, but {lost}; resuming would rebuild a partial "
+                f"run: {_start_over_hint(self.run, self.cfg)}"
+            )
+        # A trainer killed while writing its first state has logged that save's metrics: drop them
+        # (steps start at 0), or they would be logged twice. Its checkpoints are rewritten alike.
+        self.run.workspace.delete_metrics_after(self.run.name, -1)
 
     def _progress(self) -> AbstractContextManager[tuple[Progress, int]]:
         fields = {"loss": "loss", "inside": "inside ε"}
@@ -555,8 +596,13 @@ def train_decoder(
     name: str | None = None,
     *,
     progress: bool = True,
+    restart: bool = False,
 ) -> DecoderTrainResult:
-    """Train ``cfg``'s decoder to the end, resuming (or reusing) the run of the same config."""
+    """Train ``cfg``'s decoder to the end, resuming (or reusing) the run of the same config.
+
+    ``restart``: delete what the run saved (checkpoints, metrics, results) and train it from step
+    0 instead, e.g. when it lost its state and resuming is refused (:meth:`DecoderTrainer.fit`).
+    """
     name = cfg.default_name() if name is None else name
     if not name:
         raise ConfigError("decoder run name must not be empty; leave --name out for the default")
@@ -567,7 +613,7 @@ def train_decoder(
             raise ConfigError(f"run {name!r} already exists with another config; pick another --name")
     else:
         run = workspace.create_run(name, cfg.to_dict(), kind=RUN_KIND)
-    return DecoderTrainer(run, cfg, probed, progress=progress).fit()
+    return DecoderTrainer(run, cfg, probed, progress=progress).fit(restart=restart)
 
 
 def decoder_runs_for(workspace: Workspace, probed_run: str) -> list[str]:
@@ -721,6 +767,24 @@ def check_fits(cfg: DecoderRunConfig, probed: TrainedModel, *, what: str) -> Non
             f"{what} does not match the probed model: {'; '.join(problems)}; train a decoder for "
             f"it with `tinylens invert train {probed.run.name}`"
         )
+
+
+def _missing_checkpoints(run: Run, tc: DecoderTrainConfig, step: int) -> list[int]:
+    """The checkpoint steps up to ``step`` that decoder training writes (each evaluation's and the
+    last) and ``run`` lacks; as :func:`tinylens.train.missing_checkpoints`, for these steps."""
+    written = set(range(tc.eval_every, step + 1, tc.eval_every))
+    if step >= tc.steps:
+        written.add(tc.steps)
+    return sorted(written - set(run.checkpoint_steps()))
+
+
+def _start_over_hint(run: Run, cfg: DecoderRunConfig) -> str:
+    """How to get a whole decoder run back when resuming cannot (the end of a CheckpointError)."""
+    return (
+        f"start it over with the same `tinylens invert train {cfg.probed_run} …` and --restart "
+        f"(deletes decoder run {run.name!r}'s checkpoints, metrics and results), or train the "
+        "decoder under another --name"
+    )
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

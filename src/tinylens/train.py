@@ -121,20 +121,23 @@ def missing_checkpoints(run: Run, cfg: TrainConfig, step: int) -> list[int]:
     return sorted(s for s in checkpoint_steps(cfg) if s <= step and s not in saved)
 
 
-def lost_progress(run: Run, cfg: TrainConfig) -> str | None:
-    """What shows that ``run`` once saved a training state past step 0, or None.
+def lost_progress(
+    run: Run, *, steps: int, save_every: int, summary: str = "train_summary"
+) -> str | None:
+    """What shows that ``run`` (trained to ``steps``, its state saved every ``save_every``, its
+    end recorded as ``results/SUMMARY.json``) once saved a training state past step 0, or None.
 
     Asked when the state file is missing. A trainer killed before its first save leaves
     checkpoints, and perhaps metrics, up to that save only, which a start from step 0 writes again
     identically; a step recorded in ``status.json``, a training summary, or a checkpoint or metric
     past the first save can only come after a saved state (which is gone, then).
     """
-    first_save = min(cfg.save_every, cfg.steps)
+    first_save = min(save_every, steps)
     recorded = run.state().step
     if recorded > 0:
         return f"its status.json records step {recorded}"
-    if run.has_result("train_summary"):
-        return "it finished training (results/train_summary.json)"
+    if run.has_result(summary):
+        return f"it finished training (results/{summary}.json)"
     late = [s for s in run.checkpoint_steps() if s > first_save]
     if late:
         return f"it has checkpoints up to step {max(late)}"
@@ -460,7 +463,8 @@ class Trainer:
 
     def _start_from_scratch(self) -> None:
         """No saved state: train from step 0, unless the run got further (then it was lost)."""
-        lost = lost_progress(self.run, self.cfg.train)
+        tc = self.cfg.train
+        lost = lost_progress(self.run, steps=tc.steps, save_every=tc.save_every)
         if lost is not None:
             raise CheckpointError(
                 f"run {self.run.name!r} has lost its training state: {self.run.state_path()} is "
