@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,6 +59,24 @@ def test_every_study_is_registered_with_its_presets() -> None:
         assert "tiny" in study.presets and study.summary and study.title
     assert [s.name for s in STUDIES.values() if s.takes_model] == ["seqcont", "regions"]
     assert [s.name for s in STUDIES.values() if s.takes_prompts] == ["regions"]
+
+
+def test_each_study_cites_its_papers_authors() -> None:
+    """The summary a user sees names the paper's authors as the paper does (InversionView was
+    once cited as "Huang, Geiger et al."), and no file repeats the wrong citation."""
+    authors = {
+        "addition": "Quirke & Barez",
+        "maze": "Ivanitskiy, Spies et al.",
+        "seqcont": "Lan & Barez",
+        "regions": "Janiak et al.",
+        "inversion": "Huang, Panwar, Goyal and Hahn (NeurIPS 2024)",
+    }
+    for name, cited in authors.items():
+        assert STUDIES[name].summary.startswith(cited), STUDIES[name].summary
+    root = Path(__file__).resolve().parents[2]
+    texts = [root / "README.md", *sorted((root / "src").rglob("*.py"))]
+    wrong = [p.name for p in texts if "Huang, Geiger" in p.read_text(encoding="utf-8")]
+    assert not wrong, f"InversionView miscited in {wrong}"
 
 
 def _holds_and_fails(make: Any, good: dict[str, Any], edit: Any) -> tuple[Claim, Claim]:
