@@ -54,7 +54,13 @@ from tinylens.decoder import DecoderConfig, InversionDecoder
 from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.runs import TrainedModel
 from tinylens.store import Run, Workspace, config_hash, load_tensors, read_metadata
-from tinylens.train import DivergenceError, interrupt_requests_stop, lost_progress, progress_bar
+from tinylens.train import (
+    DivergenceError,
+    interrupt_requests_stop,
+    prepare_fresh_start,
+    progress_bar,
+    refuse_missing_checkpoints,
+)
 
 DECODER_KIND = "tinylens.decoder"
 STATE_KIND = "tinylens.decoder_state"
@@ -492,32 +498,21 @@ class DecoderTrainer:
             self.inside = json.loads(meta["inside"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{path} does not hold a usable decoder state: {err}") from None
-        missing = _missing_checkpoints(self.run, self.cfg.train, self.step)
-        if missing:
-            shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
-            raise CheckpointError(
-                f"decoder run {self.run.name!r} lacks the checkpoints of steps {shown}, which were "
-                f"written before its saved state at step {self.step} (deleted?); resuming cannot "
-                f"write them again: {_start_over_hint(self.run, self.cfg)}"
-            )
+        refuse_missing_checkpoints(
+            self.run, _checkpoint_steps(self.cfg.train), self.step,
+            f"decoder run {self.run.name!r}", _start_over_hint(self.run, self.cfg),
+        )  # fmt: skip
         # metrics logged after the saved state will be recomputed, identically
         self.run.workspace.delete_metrics_after(self.run.name, self.step)
 
     def _start_from_scratch(self) -> None:
         """No saved state: train from step 0, unless the run got further (then it was lost)."""
         tc = self.cfg.train
-        lost = lost_progress(
-            self.run, steps=tc.steps, save_every=tc.save_every, summary="decoder_summary"
-        )
-        if lost is not None:
-            raise CheckpointError(
-                f"decoder run {self.run.name!r} has lost its training state: "
-                f"{self.run.state_path()} is missing, but {lost}; resuming would rebuild a partial "
-                f"run: {_start_over_hint(self.run, self.cfg)}"
-            )
-        # A trainer killed while writing its first state has logged that save's metrics: drop them
-        # (steps start at 0), or they would be logged twice. Its checkpoints are rewritten alike.
-        self.run.workspace.delete_metrics_after(self.run.name, -1)
+        prepare_fresh_start(
+            self.run, steps=tc.steps, save_every=tc.save_every,
+            who=f"decoder run {self.run.name!r}", hint=_start_over_hint(self.run, self.cfg),
+            summary="decoder_summary",
+        )  # fmt: skip
 
     def _progress(self) -> AbstractContextManager[tuple[Progress, int]]:
         fields = {"loss": "loss", "inside": "inside ε"}
@@ -769,13 +764,9 @@ def check_fits(cfg: DecoderRunConfig, probed: TrainedModel, *, what: str) -> Non
         )
 
 
-def _missing_checkpoints(run: Run, tc: DecoderTrainConfig, step: int) -> list[int]:
-    """The checkpoint steps up to ``step`` that decoder training writes (each evaluation's and the
-    last) and ``run`` lacks; as :func:`tinylens.train.missing_checkpoints`, for these steps."""
-    written = set(range(tc.eval_every, step + 1, tc.eval_every))
-    if step >= tc.steps:
-        written.add(tc.steps)
-    return sorted(written - set(run.checkpoint_steps()))
+def _checkpoint_steps(tc: DecoderTrainConfig) -> set[int]:
+    """The steps decoder training writes a checkpoint at: each evaluation's, and the last."""
+    return set(range(tc.eval_every, tc.steps + 1, tc.eval_every)) | {tc.steps}
 
 
 def _start_over_hint(run: Run, cfg: DecoderRunConfig) -> str:

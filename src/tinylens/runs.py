@@ -20,7 +20,14 @@ from tinylens.errors import CheckpointError, ConfigError, TinylensError
 from tinylens.model import MODEL_KIND, load_model
 from tinylens.store import Run, Workspace, read_metadata, verify_tensors
 from tinylens.tasks import Task, make_task
-from tinylens.train import STATE_KIND, Trainer, TrainResult, missing_checkpoints, start_over_hint
+from tinylens.train import (
+    STATE_KIND,
+    Trainer,
+    TrainResult,
+    checkpoint_steps,
+    refuse_missing_checkpoints,
+    start_over_hint,
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,8 @@ def check_finished(run: Run, cfg: RunConfig) -> None:
         CheckpointError: a file is missing, damaged or written for another config; the message
             says how to get the run back.
     """
-    steps = cfg.train.steps
+    steps, hint = cfg.train.steps, start_over_hint(run.name)
+    refuse_missing_checkpoints(run, checkpoint_steps(cfg.train), steps, f"run {run.name!r}", hint)
     try:
         state = verify_tensors(run.state_path(), kind=STATE_KIND)
         if state.get("config_identity") != cfg.identity or state.get("step") != str(steps):
@@ -101,12 +109,9 @@ def check_finished(run: Run, cfg: RunConfig) -> None:
                 f"{run.state_path()} is not the final training state of run {run.name!r} (it "
                 f"holds step {state.get('step')} of {steps}, or another config)"
             )
-        missing = missing_checkpoints(run, cfg.train, steps)
-        if missing:
-            raise CheckpointError(f"run {run.name!r} lacks the checkpoints of steps {missing}")
         verify_tensors(run.checkpoint_file(steps), kind=MODEL_KIND)
     except CheckpointError as err:
-        raise CheckpointError(f"{err}; {start_over_hint(run.name)}") from None
+        raise CheckpointError(f"{err}; {hint}") from None
 
 
 def load_trained(workspace: Workspace, name: str, step: int | None = None) -> TrainedModel:

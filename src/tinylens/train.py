@@ -114,13 +114,6 @@ def checkpoint_steps(cfg: TrainConfig) -> set[int]:
     return {0, cfg.steps} | {int(s) for s in spaced if cfg.n_checkpoints}
 
 
-def missing_checkpoints(run: Run, cfg: TrainConfig, step: int) -> list[int]:
-    """The checkpoint steps up to ``step`` that training writes (:func:`checkpoint_steps`) and
-    ``run`` lacks: a saved state at ``step`` means every one of them was written."""
-    saved = set(run.checkpoint_steps())
-    return sorted(s for s in checkpoint_steps(cfg) if s <= step and s not in saved)
-
-
 def lost_progress(
     run: Run, *, steps: int, save_every: int, summary: str = "train_summary"
 ) -> str | None:
@@ -153,6 +146,49 @@ def start_over_hint(name: str) -> str:
         f"start it over with `tinylens resume {name} --restart` (deletes its checkpoints, metrics "
         "and results), or train the config again under another --name"
     )
+
+
+def refuse_missing_checkpoints(run: Run, written: set[int], step: int, who: str, hint: str) -> None:
+    """Refuse to resume ``run`` from its state at ``step`` if it lacks a checkpoint that training
+    wrote before it (``written``: every checkpoint step of the run's schedule): resuming would not
+    write it again.
+
+    Args:
+        who: the run as messages name it (``run 'x'``, ``decoder run 'x'``).
+        hint: how to get a whole run back (:func:`start_over_hint`).
+
+    Raises:
+        CheckpointError: saying which steps are missing and ``hint``.
+    """
+    saved = set(run.checkpoint_steps())
+    missing = sorted(s for s in written if s <= step and s not in saved)
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
+        raise CheckpointError(
+            f"{who} lacks the checkpoints of steps {shown}, which were written before its saved "
+            f"state at step {step} (deleted?); resuming cannot write them again: {hint}"
+        )
+
+
+def prepare_fresh_start(
+    run: Run, *, steps: int, save_every: int, who: str, hint: str, summary: str = "train_summary"
+) -> None:
+    """With no saved state, make ``run`` ready to train from step 0, or refuse if it got further
+    (:func:`lost_progress`; arguments as there and in :func:`refuse_missing_checkpoints`).
+
+    A trainer killed while writing its first state may have logged metrics up to it: they are
+    dropped (steps start at 0), or they would be logged twice; its checkpoints are rewritten alike.
+
+    Raises:
+        CheckpointError: the run lost its state; nothing is changed.
+    """
+    lost = lost_progress(run, steps=steps, save_every=save_every, summary=summary)
+    if lost is not None:
+        raise CheckpointError(
+            f"{who} has lost its training state: {run.state_path()} is missing, but {lost}; "
+            f"resuming would rebuild a partial run: {hint}"
+        )
+    run.workspace.delete_metrics_after(run.name, -1)
 
 
 @runtime_checkable
@@ -450,30 +486,20 @@ class Trainer:
             self._log_count = int(meta["log_count"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(f"{path} does not hold a usable training state: {err}") from None
-        missing = missing_checkpoints(self.run, self.cfg.train, self.step)
-        if missing:
-            shown = ", ".join(map(str, missing[:8])) + (", …" if len(missing) > 8 else "")
-            raise CheckpointError(
-                f"run {self.run.name!r} lacks the checkpoints of steps {shown}, which were written "
-                f"before its saved state at step {self.step} (deleted?); resuming cannot write "
-                f"them again: {start_over_hint(self.run.name)}"
-            )
+        refuse_missing_checkpoints(
+            self.run, checkpoint_steps(self.cfg.train), self.step, f"run {self.run.name!r}",
+            start_over_hint(self.run.name),
+        )  # fmt: skip
         # metrics logged after the saved state will be recomputed, identically
         self.run.workspace.delete_metrics_after(self.run.name, self.step)
 
     def _start_from_scratch(self) -> None:
         """No saved state: train from step 0, unless the run got further (then it was lost)."""
         tc = self.cfg.train
-        lost = lost_progress(self.run, steps=tc.steps, save_every=tc.save_every)
-        if lost is not None:
-            raise CheckpointError(
-                f"run {self.run.name!r} has lost its training state: {self.run.state_path()} is "
-                f"missing, but {lost}; resuming would rebuild a partial run: "
-                f"{start_over_hint(self.run.name)}"
-            )
-        # A trainer killed while writing its first state may have logged those metrics: drop them
-        # (steps start at 0), or they would be logged twice. Its checkpoints are rewritten alike.
-        self.run.workspace.delete_metrics_after(self.run.name, -1)
+        prepare_fresh_start(
+            self.run, steps=tc.steps, save_every=tc.save_every, who=f"run {self.run.name!r}",
+            hint=start_over_hint(self.run.name),
+        )  # fmt: skip
 
     # -- plumbing --
 
