@@ -83,3 +83,25 @@ def stop_after(trainer: Trainer, step: int) -> None:
         trainer._stop_requested = trainer.step >= step
 
     trainer.train_step = step_then_maybe_stop  # type: ignore[method-assign]
+
+
+# Rounding relative to the largest value a forward pass sums: ε (float32 1.2e-7, float64 2.2e-16)
+# times a small factor for depth and sum length. A real bug (a wrong sign, a missing term, a
+# position off by one) moves values by a sizeable part of that scale, many orders above these.
+SCALE_REL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def assert_close_at_scale(
+    actual: torch.Tensor, expected: torch.Tensor, *, rel: float | None = None, msg: str | None = None
+) -> None:
+    """Assert ``|actual − expected| ≤ rel · max(max|expected|, 1)`` everywhere (``rel`` from the
+    dtype; the scale is floored at 1, the order of a model's own activations).
+
+    For two code paths of one computation (a forward from weights against the hooked model,
+    batched against one at a time): their rounding differs by a few ε of the largest values summed
+    (the residual stream, the logits), so an element near 0 carries the same absolute error as a
+    large one, and a per-element ``rtol`` under a fixed ``atol`` is the wrong shape of bound.
+    """
+    rel = SCALE_REL[expected.dtype] if rel is None else rel
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(actual, expected, atol=rel * max(scale, 1.0), rtol=0, msg=msg)

@@ -233,7 +233,9 @@ def test_invert_verifies_merges_and_sorts_the_written_inputs() -> None:
     for row, d in zip(got.tokens, got.distances, strict=True):  # brute force, per candidate
         acts = site_activations(model, row[None], site)[0]
         assert float(d) == pytest.approx(min(float((a - query).norm() / query.norm()) for a in acts))
-    assert torch.equal(got.tokens[0], every[37]) and float(got.distances[0]) == 0.0
+    # the query's own input, re-run in a batch of candidates: its float64 activation matches the
+    # query's one-row run up to rounding (a relative distance of a few ε), not necessarily exactly
+    assert torch.equal(got.tokens[0], every[37]) and float(got.distances[0]) <= 1e-12
     inside = got.counts[got.distances < 0.05].sum()
     assert got.share_inside == pytest.approx(float(inside) / 64)
     with pytest.raises(ConfigError, match="ε must be"):

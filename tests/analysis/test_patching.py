@@ -56,10 +56,11 @@ TL_FUNCTIONS = {
 def model(request: pytest.FixtureRequest):
     cfg = ModelConfig(**SHAPES[request.param], d_vocab=D_VOCAB, n_ctx=16)  # type: ignore[arg-type]
     model = build_model(cfg, seed=request.param).eval()
+    g = torch.Generator().manual_seed(request.param)  # the same model whatever ran before
     with torch.no_grad():  # norms away from their initial 1 / 0, so that they are exercised
         for name, param in model.named_parameters():
             if "ln" in name:
-                param.add_(0.3 * torch.randn_like(param))
+                param.add_(0.3 * torch.randn(param.shape, generator=g, dtype=param.dtype))
     return model
 
 
