@@ -108,7 +108,7 @@ DELETE = object()
         (_edited(model__bogus=1), "unknown model fields ['bogus']"),
         (
             _edited(model__n_layers=200, model__d_model=4096, model__d_mlp=16384),
-            "the model would have about 2.69e+10 parameters; tinylens trains at most 1_000_000_000",
+            "the model would have 2.7e+10 parameters; tinylens trains at most 1_000_000_000",
         ),
     ],
 )

@@ -17,6 +17,7 @@ from tinylens.sweep import backends as sweep_backends
 from tinylens.sweep import expand, parse_spec, read_spec, run_sweep, write_report
 from tinylens.sweep.driver import TrialResult, read_trials
 from tinylens.sweep.report import metric_figure
+from tinylens.sweep.trial import torch_threads
 from tinylens.train import DivergenceError, Trainer
 
 from .helpers import stop_every_trainer_at
@@ -491,7 +492,10 @@ def test_a_damaged_finished_trial_is_recorded_failed_and_the_rest_kept(
     assert Workspace(tmp_path).info(again.run.name).status == "failed"
     # the same sweep again says so again; a restarted run is then reused
     assert run_sweep(Workspace(tmp_path), spec, progress=False).trials[0].status == "failed"
-    cli.main(["resume", damaged, "-w", str(tmp_path), "--restart", "--no-progress"])
+    # retrained with the trial's torch threads: a float sum depends on the thread count, and the
+    # rows are then compared bit for bit
+    with torch_threads(spec.cpus_per_trial):
+        cli.main(["resume", damaged, "-w", str(tmp_path), "--restart", "--no-progress"])
     assert len(count_steps) == trained + TRAIN["steps"]
     fixed = run_sweep(Workspace(tmp_path), spec, progress=False)
     assert [t.status for t in fixed.trials] == ["done", "done"]
